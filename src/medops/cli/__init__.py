@@ -1,0 +1,1 @@
+"""The `medops` command line."""

@@ -1,0 +1,41 @@
+"""Typed project configuration (medops.yaml): schema, enums, loading with actionable errors."""
+
+from medops.config.enums import (
+    Approval,
+    Architecture,
+    Device,
+    ExecutorKind,
+    FrameMode,
+    GateMetric,
+    GroupBy,
+    LabelsFrom,
+    Normalize,
+    SourceKind,
+    Step,
+    WindowMode,
+)
+from medops.config.loader import CONFIG_FILE, load_config, parse_config, parse_override
+from medops.config.schema import MedopsConfig, resolve_path
+from medops.config.template import render_template
+
+__all__ = [
+    "CONFIG_FILE",
+    "Approval",
+    "Architecture",
+    "Device",
+    "ExecutorKind",
+    "FrameMode",
+    "GateMetric",
+    "GroupBy",
+    "LabelsFrom",
+    "MedopsConfig",
+    "Normalize",
+    "SourceKind",
+    "Step",
+    "WindowMode",
+    "load_config",
+    "parse_config",
+    "parse_override",
+    "render_template",
+    "resolve_path",
+]

@@ -1,0 +1,177 @@
+"""The typed model of medops.yaml. Loading validates it; nothing downstream sees a raw dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from medops.config.enums import (
+    Approval,
+    Architecture,
+    Device,
+    ExecutorKind,
+    FrameMode,
+    GateMetric,
+    GroupBy,
+    LabelsFrom,
+    Normalize,
+    SourceKind,
+    WindowMode,
+)
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in medops.yaml must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False, frozen=True)
+
+
+class LabelsConfig(_Strict):
+    from_: LabelsFrom = Field(LabelsFrom.FOLDER_NAMES, alias="from")
+    csv: str | None = None
+    id_column: str = "path"  # the CSV column naming the file, relative to the source path
+    label_column: str = "label"
+    patient_column: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _csv_needs_file(self) -> LabelsConfig:
+        if self.from_ is LabelsFrom.CSV and not self.csv:
+            raise ValueError("labels.from is 'csv' but labels.csv (the CSV file) is not set")
+        return self
+
+
+class SourceConfig(_Strict):
+    kind: SourceKind = SourceKind.FOLDER
+    path: str = "data/raw"
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.2, ge=0.0, lt=1.0)
+    group_by: GroupBy = GroupBy.PATIENT
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"split.val + split.test must be < 1 (got {self.val} + {self.test})")
+        return self
+
+
+class DataConfig(_Strict):
+    source: SourceConfig | None = SourceConfig()
+    labels: LabelsConfig = LabelsConfig()
+    frames: FrameMode = FrameMode.MIDDLE
+    deidentify: bool = True
+    split: SplitConfig = SplitConfig()
+    min_items_per_class: int = Field(2, ge=1)
+
+
+class PreprocessConfig(_Strict):
+    """``auto`` values are resolved from the data at the preprocess step; the resolved,
+    concrete profile is what is stored with the model."""
+
+    size: tuple[int, int] | Literal["auto"] = "auto"  # median image side, at most max_auto_size
+    max_auto_size: int = Field(128, ge=8, le=1024)
+    channels: Literal[1, 3, "auto"] = "auto"  # 3 when most images are colour, else 1
+    window: WindowMode = WindowMode.AUTO
+    normalize: Normalize = Normalize.ZSCORE
+
+    @field_validator("size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int] | str) -> tuple[int, int] | str:
+        if isinstance(v, tuple) and (min(v) < 8 or max(v) > 4096):
+            raise ValueError(f"each side must be between 8 and 4096 pixels (got {list(v)})")
+        return v
+
+
+class ModelConfig(_Strict):
+    architecture: Architecture = Architecture.RESNET18
+    pretrained: bool = False
+    weights: str | None = None  # a local weights file; used instead of downloading when set
+    small_input: bool | Literal["auto"] = "auto"  # a stride-1 stem for images under 64 px
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    vflip: bool = False
+    rotate_degrees: float = Field(10.0, ge=0.0, le=180.0)
+    translate: float = Field(0.05, ge=0.0, le=0.5)  # fraction of the side
+    scale: tuple[float, float] = (0.9, 1.1)
+    intensity: float = Field(0.1, ge=0.0, le=1.0)  # random contrast/brightness jitter
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    patience: int = Field(8, ge=1)  # epochs without a better validation AUC before stopping
+    device: Device = Device.AUTO
+    seed: int = 0
+    class_weighting: bool = True
+    augment: AugmentConfig | None = AugmentConfig()
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+
+class GateConfig(_Strict):
+    metric: GateMetric = GateMetric.AUC
+    min: float = Field(0.75, ge=0.0, le=1.0)
+    must_beat_champion: bool = True
+
+
+class RegistryConfig(_Strict):
+    name: str | None = None  # registered model name; defaults to "<project>-classifier"
+    approval: Approval = Approval.MANUAL
+
+
+class StorageConfig(_Strict):
+    """Every location is a URI; relative paths resolve against the project folder."""
+
+    state: str = "sqlite:///.medops/medops.db"
+    tracking: str = "sqlite:///.medops/mlflow.db"
+    artifacts: str = ".medops/artifacts"
+
+
+class ExecutorConfig(_Strict):
+    kind: ExecutorKind = ExecutorKind.LOCAL
+    workers: int | None = None  # None: one per CPU core
+
+
+class RetryConfig(_Strict):
+    attempts: int = Field(2, ge=1)  # total attempts per step, first included
+    backoff_seconds: float = Field(1.0, ge=0.0)
+
+
+class PipelineConfig(_Strict):
+    retries: RetryConfig = RetryConfig()
+
+
+PROJECT_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class MedopsConfig(_Strict):
+    project: Annotated[str, Field(pattern=PROJECT_NAME)]
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    storage: StorageConfig = StorageConfig()
+    executor: ExecutorConfig = ExecutorConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.name or f"{self.project}-classifier"
+
+
+def resolve_path(root: Path, value: str) -> Path:
+    """A config path made absolute against the project root."""
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (root / p)

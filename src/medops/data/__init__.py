@@ -1,0 +1,1 @@
+"""Images in: sources, DICOM/PNG/JPEG decoding, validation, splits and dataset manifests."""

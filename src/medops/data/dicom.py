@@ -1,0 +1,451 @@
+"""DICOM decoding: header checks, stored values and the modality -> VOI -> display pipeline.
+
+All decoding goes through pydicom 3's pixel machinery (:mod:`pydicom.pixels`), whose decoder
+plugins wrap pylibjpeg (openjpeg, libjpeg, rle), pillow and gdcm. medops only decides the plugin
+order (pylibjpeg first, gdcm as the last fallback), reads one frame instead of the whole pixel
+data, and turns every failure into :class:`~medops.errors.UnreadableImageError` or
+:class:`~medops.errors.UnsupportedImageError` with the file name and the reason.
+
+Patient data never enters a message or a log line: only the file name, tags and UIDs of
+transfer syntaxes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Any, BinaryIO, NoReturn
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    apply_windowing,
+    get_decoder,
+    pixel_array,
+)
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+)
+
+from medops.config.enums import WindowMode
+from medops.errors import DataError, MedopsError, UnreadableImageError, UnsupportedImageError
+
+log = logging.getLogger(__name__)
+
+#: Largest Rows x Columns medops decodes; a header claiming more is refused before any
+#: allocation (the DICOM counterpart of PIL's decompression-bomb guard).
+MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS, so both formats share one limit
+
+# pydicom tries plugins in registration order, which puts gdcm first. medops prefers the
+# pylibjpeg family (bit-exact with the reference data), then pillow, and uses gdcm only for
+# syntaxes no other installed plugin decodes: on damaged JPEG data gdcm throws a C++ exception
+# that aborts the whole process (reproduced with a corrupted SC_rgb_jpeg_dcmtk.dcm), so it
+# must not be the fallback that corrupt files reach.
+_PLUGIN_PREFERENCE = ("pylibjpeg", "pydicom", "pillow", "pyjpegls")
+_LAST_RESORT = "gdcm"
+
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float, Double Float
+_ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+_ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all available plugins:"
+
+_HTJ2K = {UID(f"1.2.840.10008.1.2.4.{n}") for n in (201, 202, 203)}
+_PIP_HINTS: list[tuple[set[UID], str]] = [
+    (set(JPEG2000TransferSyntaxes) | _HTJ2K, "pip install pylibjpeg pylibjpeg-openjpeg"),
+    (set(JPEGTransferSyntaxes) | set(JPEGLSTransferSyntaxes),
+     "pip install pylibjpeg pylibjpeg-libjpeg"),
+]
+
+# Elements the LUT pipeline reads; copied into a per-frame view so pydicom's functions (which
+# write some of them back) never touch the parsed header.
+_LUT_KEYWORDS = (
+    "PhotometricInterpretation", "BitsStored", "BitsAllocated", "PixelRepresentation",
+    "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
+    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """Everything medops needs before touching pixel data.
+
+    ``dataset`` holds the elements before the pixel data; when ``in_memory`` it is a complete
+    dataset (deflated files, files without file meta) and pixels are decoded from it rather
+    than re-read from the file.
+    """
+
+    name: str
+    dataset: Dataset
+    transfer_syntax: UID
+    n_frames: int
+    in_memory: bool
+
+
+def read_header(f: BinaryIO, name: str) -> DicomHeader:
+    """Parse and check the header of the DICOM file ``f`` (positioned at its start).
+
+    Raises UnreadableImageError for a corrupt or truncated file and UnsupportedImageError
+    for a real DICOM file whose pixels medops cannot decode.
+    """
+    try:
+        return _read_header(f, name)
+    except MedopsError:
+        raise
+    except Exception as exc:  # pydicom parses lazily: a damaged element fails on first use
+        raise UnreadableImageError(f"{name}: corrupt DICOM header ({_why(exc)})") from exc
+
+
+def _read_header(f: BinaryIO, name: str) -> DicomHeader:
+    in_memory = False
+    ds: Dataset
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+    except InvalidDicomError:
+        # No preamble/DICM: some archives write bare datasets. Only trust it if it parses to
+        # something with an image pixel module.
+        f.seek(0)
+        ds = _read_forced(f, name)
+        in_memory = True
+    except Exception as exc:
+        raise UnreadableImageError(f"{name}: cannot parse the DICOM header ({_why(exc)})") from exc
+
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or UID(ts) == DeflatedExplicitVRLittleEndian:
+        # Deflated data is zlib-compressed after the file meta and a file without meta has
+        # no syntax to stream with: read it all through pydicom, which handles both.
+        if not in_memory:
+            f.seek(0)
+            ds = _read_full(f, name, force=ts is None)
+            in_memory = True
+        ts = _syntax_of(ds, name)
+    ts = UID(ts)
+    _check_decoder(ts, name)  # first: the checks below need a known syntax
+
+    if in_memory:
+        if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            _no_pixel_data(f, ds, name)
+    else:
+        _check_pixel_element(f, ts, name, ds)
+
+    rows, cols = _int(ds, "Rows", name), _int(ds, "Columns", name)
+    if rows <= 0 or cols <= 0:
+        raise UnreadableImageError(f"{name}: invalid image size Rows={rows} Columns={cols}")
+    if rows * cols > MAX_PIXELS:
+        raise UnreadableImageError(
+            f"{name}: {rows}x{cols} pixels exceeds the limit of {MAX_PIXELS} pixels per frame "
+            "(decompression-bomb guard)"
+        )
+    n_frames = _int(ds, "NumberOfFrames", name, default=1) or 1
+    return DicomHeader(name=name, dataset=ds, transfer_syntax=ts, n_frames=n_frames,
+                       in_memory=in_memory)
+
+
+def frame_index(header: DicomHeader, frame: int | None) -> int:
+    """The 0-based frame to read: the middle one for ``None``; DataError when out of range."""
+    if frame is None:
+        return header.n_frames // 2
+    if not 0 <= frame < header.n_frames:
+        raise DataError(f"{header.name}: frame {frame} does not exist; the file has "
+                        f"{header.n_frames} frame(s), indices 0..{header.n_frames - 1}")
+    return frame
+
+
+def decode_stored(f: BinaryIO, header: DicomHeader, index: int) -> np.ndarray:
+    """The stored values of one frame: (rows, cols) or (rows, cols, samples), colour as RGB.
+
+    No modality or VOI LUT is applied; YBR_FULL(_422) and YBR_ICT/RCT come back as RGB, as
+    pydicom and the JPEG 2000 codecs convert them.
+    """
+    decoder = get_decoder(header.transfer_syntax)
+    available = set(decoder.available_plugins)
+    plugins = [p for p in _PLUGIN_PREFERENCE if p in available]
+    plugins += sorted(available - set(plugins) - {_LAST_RESORT})
+    if not plugins and _LAST_RESORT in available:
+        plugins = [_LAST_RESORT]
+    failures = []
+    for plugin in plugins or [""]:  # native syntaxes have no plugins
+        try:
+            if header.in_memory:
+                return pixel_array(header.dataset, index=index, decoding_plugin=plugin)
+            return pixel_array(f, index=index, decoding_plugin=plugin,
+                               transfer_syntax_uid=header.transfer_syntax)
+        except _INTERRUPTS:
+            raise
+        except BaseException as exc:  # pylibjpeg-rle (Rust) panics with a BaseException
+            failures.append(f"{plugin or 'pydicom'}: {_why(exc)}")
+            log.debug("%s: plugin %s failed, trying the next", header.name, plugin or "pydicom")
+    raise UnreadableImageError(
+        f"{header.name}: cannot decode the pixel data ({header.transfer_syntax.name}): "
+        + "; ".join(failures)
+    )
+
+
+def to_display(stored: np.ndarray, header: DicomHeader, index: int,
+               window: WindowMode) -> np.ndarray:
+    """Modality LUT, optional VOI LUT/window, MONOCHROME1 inversion; float32 out.
+
+    Higher values always mean brighter. Colour images (RGB, palette) get no LUTs.
+    """
+    try:
+        return _to_display(stored, header, index, window)
+    except Exception as exc:  # a malformed LUT element, say: the file is at fault
+        raise UnreadableImageError(
+            f"{header.name}: cannot apply the modality/palette LUT ({_why(exc)})"
+        ) from exc
+
+
+def _to_display(stored: np.ndarray, header: DicomHeader, index: int,
+                window: WindowMode) -> np.ndarray:
+    ds = header.dataset
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        return np.asarray(apply_color_lut(stored, ds), dtype=np.float32)
+    if stored.ndim == 3:
+        return stored.astype(np.float32)
+
+    view = _frame_view(ds, index)
+    lo, hi = _modality_range(view)
+    values = apply_modality_lut(stored, view)
+    if window is WindowMode.AUTO:
+        values, lo, hi = _apply_window(values, view, lo, hi, header.name)
+    values = np.asarray(values, dtype=np.float32)
+    if photometric == "MONOCHROME1":
+        # Reflect within the output range so values stay where the pipeline put them.
+        values = np.float32(lo + hi) - values
+    return values
+
+
+# -- header helpers ---------------------------------------------------------------------------
+
+
+def _read_forced(f: BinaryIO, name: str) -> Dataset:
+    try:
+        ds = pydicom.dcmread(f, force=True)
+    except Exception as exc:
+        raise UnreadableImageError(f"{name}: not a DICOM file ({_why(exc)})") from exc
+    if "Rows" not in ds or "Columns" not in ds:
+        if "SOPClassUID" in ds:  # a real dataset, just not an image (an RT plan, an SR...)
+            raise UnsupportedImageError(f"{name}: DICOM file without pixel data "
+                                        f"(SOP class {_sop_class(ds)}); it is not an image")
+        raise UnreadableImageError(
+            f"{name}: not a DICOM image (no DICM prefix and no image pixel module)"
+        )
+    return ds
+
+
+def _read_full(f: BinaryIO, name: str, *, force: bool) -> Dataset:
+    try:
+        return pydicom.dcmread(f, force=force)
+    except Exception as exc:
+        raise UnreadableImageError(f"{name}: cannot read the DICOM file ({_why(exc)})") from exc
+
+
+def _syntax_of(ds: Dataset, name: str) -> UID:
+    """The transfer syntax of a dataset read without (usable) file meta, and record it there,
+    where pydicom's decoders look for it."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None:
+        implicit, little = ds.original_encoding
+        if implicit is None or little is None:
+            raise UnreadableImageError(f"{name}: cannot tell the DICOM encoding")
+        ts = (ImplicitVRLittleEndian if implicit
+              else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ds.ensure_file_meta()
+        ds.file_meta.TransferSyntaxUID = ts
+    return UID(ts)
+
+
+def _check_pixel_element(f: BinaryIO, ts: UID, name: str, ds: Dataset) -> None:
+    """``f`` is where dcmread stopped: at the pixel data element, or at EOF if there is none.
+    Check the element is there and that the file holds all of its value."""
+    start = f.tell()
+    size = f.seek(0, 2)
+    f.seek(start)
+    if size - start < 8:
+        _no_pixel_data(f, ds, name)
+    try:
+        endian = "<" if ts.is_little_endian else ">"
+        group, elem = struct.unpack(f"{endian}HH", f.read(4))
+        if ts.is_implicit_VR:
+            (length,) = struct.unpack(f"{endian}L", f.read(4))
+        else:
+            f.read(4)  # VR + reserved
+            (length,) = struct.unpack(f"{endian}L", f.read(4))
+    except struct.error as exc:
+        raise UnreadableImageError(f"{name}: truncated at the pixel data element") from exc
+    if (group << 16 | elem) not in _PIXEL_TAGS:
+        raise UnsupportedImageError(f"{name}: DICOM file without pixel data")
+    value_start = f.tell()
+    if length == _UNDEFINED:
+        _check_fragments(f, endian, size, name)
+    elif value_start + length > size:
+        raise UnreadableImageError(
+            f"{name}: truncated: the pixel data needs {length} bytes but the file holds "
+            f"{size - value_start}"
+        )
+    f.seek(start)
+
+
+def _no_pixel_data(f: BinaryIO, ds: Dataset, name: str) -> NoReturn:
+    """Raise for a dataset without pixel data, telling a cut-off file from a non-image."""
+    size = f.seek(0, 2)
+    # pydicom stops quietly at EOF, even inside an element: a last element whose declared
+    # length runs past the end of the file means the file was cut.
+    last = ds.get_item(list(ds.keys())[-1]) if len(ds) else None
+    if (isinstance(last, RawDataElement) and last.length != _UNDEFINED
+            and last.value_tell + last.length > size):
+        raise UnreadableImageError(f"{name}: truncated: the file ends inside the header")
+    sop_class = _sop_class(ds)
+    if "Image" in sop_class and "Rows" not in ds:
+        # An image object lacking both its pixel module and its pixels was cut off at an
+        # element boundary (or damaged), not a legitimate non-image.
+        raise UnreadableImageError(f"{name}: truncated or damaged: a {sop_class} without "
+                                   "Rows, Columns or pixel data")
+    raise UnsupportedImageError(
+        f"{name}: DICOM file without pixel data (SOP class {sop_class}); it is not an image"
+    )
+
+
+def _check_fragments(f: BinaryIO, endian: str, size: int, name: str) -> None:
+    """Walk the encapsulated items (headers only) up to the sequence delimiter."""
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise UnreadableImageError(
+                f"{name}: truncated: the encapsulated pixel data ends before its delimiter"
+            )
+        group, elem, length = struct.unpack(f"{endian}HHL", head)
+        tag = group << 16 | elem
+        if tag == _SEQ_DELIM:
+            return
+        if tag != _ITEM or length == _UNDEFINED:
+            raise UnreadableImageError(
+                f"{name}: corrupt encapsulated pixel data (unexpected tag {tag:08X} "
+                f"at offset {f.tell() - 8})"
+            )
+        if f.tell() + length > size:
+            raise UnreadableImageError(
+                f"{name}: truncated: a pixel data fragment needs {length} bytes but the file "
+                f"holds {size - f.tell()}"
+            )
+        f.seek(length, 1)
+
+
+def _check_decoder(ts: UID, name: str) -> None:
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise UnsupportedImageError(
+            f"{name}: transfer syntax {ts} ({_label(ts)}) has no pixel data decoder in "
+            f"pydicom {pydicom.__version__}; convert the file to an uncompressed syntax "
+            "first (for example `gdcmconv --raw in.dcm out.dcm`)"
+        ) from None
+    if not decoder.is_available:
+        hint = next((h for uids, h in _PIP_HINTS if ts in uids), "pip install python-gdcm")
+        missing = "; ".join(decoder.missing_dependencies)
+        raise UnsupportedImageError(
+            f"{name}: no installed plugin decodes transfer syntax {ts} ({ts.name}) "
+            f"[{missing}]; fix: {hint}"
+        )
+
+
+def _label(ts: UID) -> str:
+    return ts.name if ts.name != str(ts) else "unknown or private"
+
+
+def _int(ds: Dataset, keyword: str, name: str, default: int | None = None) -> int:
+    value: Any = ds.get(keyword, default)
+    if value is None:
+        raise UnreadableImageError(f"{name}: the image pixel module lacks {keyword}")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableImageError(f"{name}: invalid {keyword} value") from exc
+
+
+def _sop_class(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID")
+    return f"{uid} ({UID(uid).name})" if uid else "unknown"
+
+
+def _why(exc: BaseException) -> str:
+    """An exception as a short reason; pydicom messages name tags and syntaxes, not values."""
+    text = " ".join(str(exc).split())
+    text = text.removeprefix(_ALL_PLUGINS_FAILED).strip()
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+# -- LUT helpers --------------------------------------------------------------------------------
+
+
+def _frame_view(ds: Dataset, index: int) -> Dataset:
+    """The LUT-related elements for frame ``index``, with Enhanced multi-frame functional
+    groups (shared, then per-frame) flattened over the top-level values as the standard says."""
+    view = Dataset()
+    for kw in _LUT_KEYWORDS:
+        if kw in ds:
+            view.add(copy.copy(ds[kw]))
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta  # OW LUT data needs the endianness
+    groups = []
+    if shared := ds.get("SharedFunctionalGroupsSequence"):
+        groups.append(shared[0])
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    for group in groups:
+        for seq in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
+            if items := group.get(seq):
+                for elem in items[0]:
+                    view.add(copy.copy(elem))
+    return view
+
+
+def _modality_range(view: Dataset) -> tuple[float, float]:
+    """The output range of the modality stage, as pydicom's windowing computes it."""
+    if seq := view.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(seq[0].LUTDescriptor[2]) - 1)
+    bits = int(view.get("BitsStored") or view.get("BitsAllocated") or 16)
+    if int(view.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2**bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    if "RescaleSlope" in view and "RescaleIntercept" in view:
+        slope, intercept = float(view.RescaleSlope), float(view.RescaleIntercept)
+        lo, hi = lo * slope + intercept, hi * slope + intercept
+    return lo, hi
+
+
+def _apply_window(values: np.ndarray, view: Dataset, lo: float, hi: float,
+                  name: str) -> tuple[np.ndarray, float, float]:
+    """VOI LUT when present, else the first WindowCenter/Width; a broken one is skipped."""
+    seq = view.get("VOILUTSequence")
+    try:
+        if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
+            if not np.issubdtype(values.dtype, np.integer):
+                # Rescaled values are floats; a VOI LUT is indexed by integers.
+                values = np.rint(values).astype(np.int64)
+            depth = int(seq[0].LUTDescriptor[2])
+            return apply_voi(values, view, 0), 0.0, float(2**depth - 1)
+        if "WindowCenter" in view and "WindowWidth" in view:
+            return apply_windowing(values, view, 0), lo, hi
+    except Exception as exc:
+        # A malformed window must not make the image unusable: fall back to full range.
+        log.warning("%s: ignoring the VOI LUT/window (%s)", name, _why(exc))
+    return values, lo, hi

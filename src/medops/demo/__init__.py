@@ -1,0 +1,1 @@
+"""Synthetic, clearly labelled DICOM data for the offline demo and tests."""

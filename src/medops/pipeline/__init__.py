@@ -1,0 +1,18 @@
+"""Runs of the pipeline: ingest → validate → split → preprocess → train → evaluate → gate →
+register, each step recorded, retried and resumable."""
+
+from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
+from medops.pipeline.gate import GateVerdict, decide
+from medops.pipeline.runner import STEPS, PipelineRunner, new_run_id
+
+__all__ = [
+    "STEPS",
+    "GateVerdict",
+    "PipelineRunner",
+    "Reporter",
+    "RunContext",
+    "SilentReporter",
+    "Workspace",
+    "decide",
+    "new_run_id",
+]

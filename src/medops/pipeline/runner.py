@@ -1,0 +1,120 @@
+"""Runs the pipeline: each step recorded, retried per config, and resumable after a crash."""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from medops.config.enums import Step
+from medops.errors import ConfigError, DataError, PipelineError, StepFailedError
+from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
+from medops.pipeline.steps_data import ingest, preprocess, split, validate
+from medops.pipeline.steps_model import evaluate, gate, register, train
+from medops.storage import RunRecord, RunStatus, StepStatus
+
+StepFn = Callable[[RunContext], dict[str, Any]]
+
+STEPS: dict[Step, StepFn] = {
+    Step.INGEST: ingest,
+    Step.VALIDATE: validate,
+    Step.SPLIT: split,
+    Step.PREPROCESS: preprocess,
+    Step.TRAIN: train,
+    Step.EVALUATE: evaluate,
+    Step.GATE: gate,
+    Step.REGISTER: register,
+}
+
+# Errors that retrying cannot fix: bad data or configuration fail the step at once.
+_NOT_RETRIED = (DataError, ConfigError)
+
+
+def new_run_id() -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"run-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+class PipelineRunner:
+    def __init__(self, ws: Workspace, reporter: Reporter | None = None) -> None:
+        self.ws = ws
+        self.reporter = reporter or SilentReporter()
+
+    def run(self, trigger: str = "manual", until: Step | None = None) -> RunRecord:
+        """Start a new run; stops after ``until`` when given (later steps stay pending)."""
+        self.ws.state.mark_dead_runs_interrupted()
+        run_id = new_run_id()
+        self.ws.state.create_run(run_id, trigger, self.ws.config.model_dump(mode="json"),
+                                 [s.value for s in Step])
+        return self._execute(run_id, until)
+
+    def resume(self, run_id: str, until: Step | None = None) -> RunRecord:
+        """Continue ``run_id`` from its first unfinished step."""
+        self.ws.state.mark_dead_runs_interrupted()
+        record = self.ws.state.get_run(run_id)
+        if record.status is RunStatus.RUNNING:
+            raise PipelineError(f"run {record.id} is still running (pid {record.pid} on "
+                                f"{record.host}); wait for it or stop that process first")
+        if all(s.status is StepStatus.SUCCEEDED for s in record.steps):
+            raise PipelineError(f"run {record.id} already finished every step; start a new "
+                                "one with `medops run`")
+        self.ws.state.claim_run(record.id)
+        return self._execute(record.id, until)
+
+    def _execute(self, run_id: str, until: Step | None) -> RunRecord:
+        record = self.ws.state.get_run(run_id)
+        ctx = RunContext(ws=self.ws, run_id=run_id, run_dir=self.ws.artifacts / "runs" / run_id,
+                         reporter=self.reporter)
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        done = {s.name: s for s in record.steps if s.status is StepStatus.SUCCEEDED}
+        try:
+            for step in Step:
+                if step.value in done:
+                    ctx.outputs[step.value] = done[step.value].outputs
+                else:
+                    ctx.outputs[step.value] = self._run_step(ctx, step)
+                if step is until:
+                    break
+        except StepFailedError as exc:
+            self.ws.state.finish_run(run_id, RunStatus.FAILED, str(exc))
+            raise
+        except BaseException:
+            # Ctrl-C or a crash outside a step: leave the run resumable.
+            self.ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted")
+            raise
+        self.ws.state.finish_run(run_id, RunStatus.SUCCEEDED)
+        return self.ws.state.get_run(run_id)
+
+    def _run_step(self, ctx: RunContext, step: Step) -> dict[str, Any]:
+        retries = self.ws.config.pipeline.retries
+        prior = next(s for s in self.ws.state.get_run(ctx.run_id).steps if s.name == step.value)
+        attempt = prior.attempts
+        ctx.step = step.value
+        while True:
+            attempt += 1
+            started = datetime.now(timezone.utc)
+            self.ws.state.update_step(ctx.run_id, step.value, status=StepStatus.RUNNING,
+                                      attempts=attempt, started_at=started, error=None)
+            self.reporter.step_started(step.value, attempt)
+            t0 = time.perf_counter()
+            try:
+                outputs = STEPS[step](ctx)
+            except Exception as exc:
+                retry = not isinstance(exc, _NOT_RETRIED) and attempt < retries.attempts
+                text = f"{type(exc).__name__}: {exc}"
+                self.ws.state.update_step(
+                    ctx.run_id, step.value, status=StepStatus.FAILED,
+                    finished_at=datetime.now(timezone.utc),
+                    error=text + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-5:]))
+                self.reporter.step_failed(step.value, text, attempt, retry)
+                if not retry:
+                    raise StepFailedError(step.value, attempt, exc) from exc
+                time.sleep(retries.backoff_seconds * attempt)
+                continue
+            self.ws.state.update_step(ctx.run_id, step.value, status=StepStatus.SUCCEEDED,
+                                      finished_at=datetime.now(timezone.utc), outputs=outputs)
+            self.reporter.step_finished(step.value, outputs, time.perf_counter() - t0)
+            return outputs

@@ -1,0 +1,192 @@
+"""The model half of the pipeline: train → evaluate → gate → register."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from typing import Any
+
+import numpy as np
+
+from medops.data.manifest import load_manifest
+from medops.evaluate import compute_metrics, plot_confusion_matrix, plot_roc_curves
+from medops.pipeline.context import RunContext
+from medops.pipeline.gate import decide
+from medops.pipeline.lineage import lineage
+from medops.pipeline.steps_data import manifest_tasks, run_profile
+from medops.preprocess import PreprocessCache, PreprocessProfile, load_arrays, preprocess_items
+from medops.registry import CANDIDATE, CHAMPION, package_model
+from medops.train import ArrayData, ModelSpec, build_model, predict_proba, resolve_small_input
+from medops.train import train_model as fit
+
+WEIGHTS = "model.pt"
+_TAGGED_METRICS = ("test_auc", "test_accuracy", "test_balanced_accuracy", "test_f1_macro")
+
+
+def _cache(ctx: RunContext) -> PreprocessCache:
+    return PreprocessCache(ctx.ws.artifacts / "cache" / "preprocess")
+
+
+def _arrays(ctx: RunContext, split_name: str, profile: PreprocessProfile) -> ArrayData:
+    manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
+    part = manifest.split(split_name)
+    x = load_arrays(manifest_tasks(ctx, split_name), profile, _cache(ctx))
+    return ArrayData(x=x, y=part["label_index"].to_numpy(dtype=np.int64))
+
+
+def _flat(prefix: str, obj: Any) -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: obj}
+
+
+def train(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config
+    profile = run_profile(ctx)
+    classes: list[str] = ctx.out("split", "classes")
+    spec = ModelSpec(architecture=cfg.model.architecture, in_channels=profile.channels,
+                     num_classes=len(classes),
+                     small_input=resolve_small_input(cfg.model, profile.size))
+    train_data, val_data = _arrays(ctx, "train", profile), _arrays(ctx, "val", profile)
+    # Checkpoints are keyed by everything that shapes training, so `medops run` after a crash
+    # continues where the killed process stopped, and a finished identical training is reused.
+    key = json.dumps([ctx.out("split", "dataset_version"), profile.fingerprint(),
+                      spec.to_dict(), cfg.model.model_dump(mode="json"),
+                      cfg.train.model_dump(mode="json")], sort_keys=True)
+    ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    tracker, mlrun = ctx.ws.tracker, ctx.mlflow_run()
+    tracker.log_params(mlrun, {**_flat("", cfg.model_dump(mode="json", exclude={"storage"})),
+                               "dataset_version": ctx.out("split", "dataset_version"),
+                               "preprocess_profile": profile.to_json(),
+                               "n_train": len(train_data.y), "n_val": len(val_data.y),
+                               **lineage(ctx.ws.root)})
+    tracker.set_tags(mlrun, {"dataset_version": ctx.out("split", "dataset_version")})
+
+    def on_epoch(ep: Any) -> None:
+        tracker.log_metrics(mlrun, {"train_loss": ep.train_loss, "val_loss": ep.val_loss,
+                                    "val_auc": ep.val_auc, "val_accuracy": ep.val_accuracy,
+                                    "lr": ep.lr, "epoch_seconds": ep.seconds}, step=ep.epoch)
+        ctx.message(f"epoch {ep.epoch}: loss {ep.train_loss:.4f} val_auc {ep.val_auc:.4f}"
+                    + (" (best)" if ep.best_so_far else ""))
+
+    result = fit(spec, train_data, val_data, cfg.train, cfg.model, checkpoint_dir=ckpt,
+                 on_epoch=on_epoch, progress=False)
+    import torch
+
+    weights = ctx.run_dir / WEIGHTS
+    torch.save(result.model.state_dict(), weights)
+    return {"weights": str(weights), "spec": spec.to_dict(), "best_epoch": result.best_epoch,
+            "best_val_auc": result.best_val_auc, "epochs_run": result.epochs_run,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "stopped_early": result.stopped_early, "device": result.device,
+            "checkpoint": str(ckpt)}
+
+
+def _load_trained(ctx: RunContext) -> Any:
+    import torch
+
+    model = build_model(ModelSpec.from_dict(ctx.out("train", "spec")))
+    model.load_state_dict(torch.load(ctx.out("train", "weights"), map_location="cpu",
+                                     weights_only=True))
+    return model.eval()
+
+
+def evaluate(ctx: RunContext) -> dict[str, Any]:
+    profile = run_profile(ctx)
+    classes: list[str] = ctx.out("split", "classes")
+    test = _arrays(ctx, "test", profile)
+    probs = predict_proba(_load_trained(ctx), test.x)
+    metrics = compute_metrics(test.y, probs, classes)
+    out = ctx.run_dir / "evaluation"
+    out.mkdir(exist_ok=True)
+    (out / "metrics.json").write_text(metrics.to_json())
+    plot_confusion_matrix(metrics, out / "confusion_matrix.png")
+    plot_roc_curves(test.y, probs, classes, out / "roc_curves.png")
+    np.save(out / "test_probs.npy", probs)
+    flat = metrics.to_flat_dict()
+    mlrun = ctx.mlflow_run()
+    ctx.ws.tracker.log_metrics(mlrun, flat)
+    ctx.ws.tracker.log_artifact(mlrun, out, "evaluation")
+    # NaN (e.g. AUC of a class absent from the test split) is not JSON: store it as null.
+    return {"metrics": {k: (None if v != v else v) for k, v in flat.items()},
+            "folder": str(out)}
+
+
+def _champion_score(ctx: RunContext) -> tuple[str | None, float | None]:
+    registry = ctx.ws.registry
+    champion = registry.by_alias(CHAMPION)
+    if champion is None:
+        return None, None
+    try:
+        loaded = registry.load(champion.version)
+    except Exception as exc:  # a broken champion must not block a good candidate silently
+        ctx.message(f"could not load champion v{champion.version}: {exc}")
+        return champion.version, None
+    if loaded.classes != ctx.out("split", "classes"):
+        ctx.message(f"champion v{champion.version} has classes {loaded.classes}, "
+                    f"not {ctx.out('split', 'classes')}")
+        return champion.version, None
+    tasks = manifest_tasks(ctx, "test")
+    with ctx.ws.executor() as pool:  # the champion's own profile: its cache entries may differ
+        preprocess_items(tasks, loaded.profile, _cache(ctx), pool)
+    x = load_arrays(tasks, loaded.profile, _cache(ctx))
+    manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
+    y = manifest.split("test")["label_index"].to_numpy(dtype=np.int64)
+    metrics = compute_metrics(y, predict_proba(loaded.model, x), loaded.classes)
+    return champion.version, metrics.value(ctx.config.gate.metric)
+
+
+def gate(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.config.gate
+    raw = ctx.out("evaluate", "metrics").get(f"test_{cfg.metric.value}")
+    value = float("nan") if raw is None else float(raw)
+    champion_version, champion_value = _champion_score(ctx)
+    verdict = decide(cfg, value, champion_version, champion_value)
+    mlrun = ctx.mlflow_run()
+    ctx.ws.tracker.set_tags(mlrun, {"gate": "passed" if verdict.passed else "failed",
+                                    "gate_reason": "; ".join(verdict.reasons)})
+    if champion_value is not None:
+        ctx.ws.tracker.log_metrics(mlrun, {f"champion_test_{cfg.metric.value}": champion_value})
+    ctx.message(("PASSED: " if verdict.passed else "FAILED: ") + "; ".join(verdict.reasons))
+    return verdict.to_dict()
+
+
+def register(ctx: RunContext) -> dict[str, Any]:
+    verdict = ctx.outputs["gate"]
+    name = ctx.config.model_name
+    dataset = ctx.out("split", "dataset_version")
+    if not verdict["passed"]:
+        ctx.ws.state.audit("model.gate_failed", "medops", name,
+                           {"run_id": ctx.run_id, "dataset_version": dataset,
+                            "reasons": verdict["reasons"]})
+        ctx.ws.tracker.end_run(ctx.mlflow_run())
+        return {"registered": False, "reasons": verdict["reasons"]}
+    profile = run_profile(ctx)
+    package = ctx.run_dir / "model"
+    shutil.rmtree(package, ignore_errors=True)
+    meta = {"dataset_version": dataset, "run_id": ctx.run_id,
+            "metrics": ctx.out("evaluate", "metrics"), **lineage(ctx.ws.root)}
+    package_model(_load_trained(ctx), ctx.out("split", "classes"), profile, meta, package)
+    mlrun = ctx.mlflow_run()
+    ctx.ws.tracker.log_artifact(mlrun, package, "model")
+    metric_tags = {k: f"{v:.4f}" for k, v in ctx.out("evaluate", "metrics").items()
+                   if v is not None and k in _TAGGED_METRICS}
+    tags = {"dataset_version": dataset, "git_commit": lineage(ctx.ws.root)["git_commit"],
+            "gate": "passed", "gate_metric": verdict["metric"],
+            "approval": "pending", "medops_run_id": ctx.run_id,
+            "preprocess_profile": profile.fingerprint(), **metric_tags}
+    version = ctx.ws.registry.register(mlrun, f"{ctx.ws.tracker.artifact_uri(mlrun)}/model",
+                                       tags, alias=CANDIDATE)
+    ctx.ws.state.audit("model.registered", "medops", f"{name}/{version.version}",
+                       {"run_id": ctx.run_id, "dataset_version": dataset, "alias": CANDIDATE,
+                        "gate": verdict["reasons"]})
+    ctx.ws.tracker.end_run(mlrun)
+    return {"registered": True, "name": name, "version": version.version, "alias": CANDIDATE,
+            "model_uri": f"models:/{name}@{CANDIDATE}"}
+
+

@@ -1,0 +1,101 @@
+"""A trained model as an MLflow pyfunc folder: weights, architecture, classes and the exact
+preprocessing profile, so that any MLflow tool (or `medops serve`) can load and serve it as is.
+
+Input: a DataFrame with a binary column ``image`` holding DICOM, PNG or JPEG file bytes.
+Output: one probability column per class (``p_<class>``) and the predicted ``label``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from medops.preprocess import PreprocessProfile, preprocess_bytes
+from medops.train import Classifier, ModelSpec, build_model, predict_proba
+
+META_FILE = "medops_model.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class LoadedModel:
+    model: Classifier
+    classes: list[str]
+    profile: PreprocessProfile
+    meta: dict[str, Any]
+
+    def predict_images(self, blobs: list[bytes]) -> np.ndarray:
+        """Class probabilities (N, classes) for DICOM/PNG/JPEG file bytes."""
+        x = np.stack([preprocess_bytes(b, self.profile) for b in blobs])
+        return predict_proba(self.model, x)
+
+
+def load_model_files(weights: Path, meta_file: Path) -> LoadedModel:
+    import torch
+
+    meta = json.loads(meta_file.read_text())
+    model = build_model(ModelSpec.from_dict(meta["spec"]))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    return LoadedModel(model=model, classes=list(meta["classes"]),
+                       profile=PreprocessProfile.from_json(json.dumps(meta["profile"])), meta=meta)
+
+
+def load_model_dir(model_dir: Path) -> LoadedModel:
+    """Load a packaged model folder (as written by :func:`package_model`) without MLflow."""
+    return load_model_files(model_dir / "artifacts" / WEIGHTS_FILE,
+                            model_dir / "artifacts" / META_FILE)
+
+
+class MedopsImageClassifier(PythonModel):
+    """The pyfunc flavour: raw image bytes in, class probabilities out."""
+
+    def load_context(self, context: Any) -> None:
+        self._loaded = load_model_files(Path(context.artifacts["weights"]),
+                                        Path(context.artifacts["meta"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
+        blobs = [bytes(b) for b in model_input["image"]]
+        probs = self._loaded.predict_images(blobs)
+        classes = self._loaded.classes
+        out = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+        out["label"] = [classes[i] for i in probs.argmax(axis=1)]
+        return out
+
+
+def package_model(model: Classifier, classes: list[str], profile: PreprocessProfile,
+                  meta: dict[str, Any], out_dir: Path) -> Path:
+    """Write the pyfunc model folder to ``out_dir`` (which must not exist)."""
+    import mlflow.pyfunc
+    import torch
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    from medops import __version__
+
+    outputs: list[Any] = [ColSpec("double", f"p_{c}") for c in classes]
+    signature = ModelSignature(inputs=Schema([ColSpec("binary", "image")]),
+                               outputs=Schema([*outputs, ColSpec("string", "label")]))
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / WEIGHTS_FILE
+        torch.save(model.state_dict(), weights)
+        meta_file = Path(tmp) / META_FILE
+        full = {**meta, "spec": model.spec.to_dict(), "classes": classes,
+                "profile": json.loads(profile.to_json()), "medops_version": __version__}
+        meta_file.write_text(json.dumps(full, indent=2, sort_keys=True))
+        mlflow.pyfunc.save_model(
+            path=str(out_dir),
+            python_model=MedopsImageClassifier(),
+            artifacts={"weights": str(weights), "meta": str(meta_file)},
+            signature=signature,
+            # Explicit requirements: MLflow's inference would import-trace the model (slow).
+            pip_requirements=[f"medops=={__version__}"],
+        )
+    return out_dir

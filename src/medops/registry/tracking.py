@@ -1,0 +1,77 @@
+"""Experiment tracking through an explicit MlflowClient: no global MLflow state is touched."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from medops.errors import RegistryError
+
+_MAX_PARAM = 6000  # MLflow rejects longer param values
+
+
+class Tracker:
+    """One MLflow experiment per project; its artifacts live under the project's artifact root."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+        from mlflow.tracking import MlflowClient  # heavy: imported when tracking is used
+
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._experiment_name = experiment
+        self._artifact_root = artifact_root
+        self._experiment_id: str | None = None
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self._experiment_name)
+            if exp is None:
+                self._artifact_root.mkdir(parents=True, exist_ok=True)
+                self._experiment_id = self.client.create_experiment(
+                    self._experiment_name, artifact_location=self._artifact_root.as_uri())
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        try:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        except Exception as exc:
+            raise RegistryError(f"MLflow at {self.tracking_uri} refused a new run: {exc}") from exc
+        return str(run.info.run_id)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self.client.get_run(run_id).data.params
+        batch = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in existing]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(run_id, params=batch[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and not math.isnan(float(v))]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(run_id, metrics=batch[i:i + 500])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return str(self.client.get_run(run_id).info.artifact_uri)
+
+    def end_run(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")

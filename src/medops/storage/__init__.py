@@ -1,0 +1,30 @@
+"""Where medops keeps things: the state store (runs, items, events, audit) and locations."""
+
+from medops.storage.locations import local_path, sqlalchemy_url
+from medops.storage.records import (
+    AuditEntry,
+    EventRecord,
+    Item,
+    ItemStatus,
+    RunRecord,
+    RunStatus,
+    Split,
+    StepRecord,
+    StepStatus,
+)
+from medops.storage.state import StateStore
+
+__all__ = [
+    "AuditEntry",
+    "EventRecord",
+    "Item",
+    "ItemStatus",
+    "RunRecord",
+    "RunStatus",
+    "Split",
+    "StateStore",
+    "StepRecord",
+    "StepStatus",
+    "local_path",
+    "sqlalchemy_url",
+]

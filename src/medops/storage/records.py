@@ -1,0 +1,112 @@
+"""Plain domain records the state store reads and writes. No ORM types leave the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from medops.config.enums import StrEnum
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the process died; `medops runs resume` continues it
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ItemStatus(StrEnum):
+    PENDING = "pending"  # listed, not yet validated
+    OK = "ok"
+    QUARANTINED = "quarantined"
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+@dataclass
+class Item:
+    """One image (or one frame of a multi-frame DICOM) known to the project."""
+
+    uri: str
+    content_hash: str
+    source: str
+    frame: int | None = None
+    label: str | None = None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    status: ItemStatus = ItemStatus.PENDING
+    reason: str | None = None
+    split: Split | None = None  # a published split (MedMNIST) or the one assigned once
+    info: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Content-addressed key: the same pixels have the same key wherever they live."""
+        return self.content_hash if self.frame is None else f"{self.content_hash}_f{self.frame}"
+
+
+@dataclass
+class StepRecord:
+    run_id: str
+    name: str
+    seq: int
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+@dataclass
+class RunRecord:
+    id: str
+    status: RunStatus
+    trigger: str
+    config: dict[str, Any]
+    started_at: datetime
+    finished_at: datetime | None = None
+    error: str | None = None
+    pid: int | None = None
+    host: str | None = None
+    mlflow_run_id: str | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+@dataclass
+class EventRecord:
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+    idempotency_key: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class AuditEntry:
+    action: str
+    actor: str
+    target: str
+    details: dict[str, Any]
+    at: datetime
+    id: int | None = None

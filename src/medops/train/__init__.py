@@ -1,0 +1,21 @@
+"""Training: torchvision classifiers for medical images, a resumable trainer, and inference."""
+
+from medops.train.architectures import Classifier, ModelSpec, build_model, resolve_small_input
+from medops.train.device import resolve_device
+from medops.train.predict import embed, predict_proba
+from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
+
+__all__ = [
+    "ArrayData",
+    "Classifier",
+    "EpochResult",
+    "ModelSpec",
+    "TrainResult",
+    "build_model",
+    "class_weights",
+    "embed",
+    "predict_proba",
+    "resolve_device",
+    "resolve_small_input",
+    "train_model",
+]

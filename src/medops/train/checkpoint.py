@@ -1,0 +1,123 @@
+"""Training checkpoints: written atomically every epoch, resumed only when they match the run.
+
+A checkpoint is a plain dict of tensors and primitives (so it loads with ``weights_only=True``,
+which runs no pickled code). Its fingerprint hashes what decides the result of a run: the model
+spec, the training and model config (minus the device and thread count, which do not), and the
+sizes of the two sets plus a sample of their contents. A checkpoint with another fingerprint
+belongs to another run and is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medops.config.schema import ModelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "last.pt"
+#: Bumped when the checkpoint layout changes, so an old file is ignored rather than misread.
+FORMAT_VERSION = 1
+
+#: Rows of the data hashed into the fingerprint: enough to tell data sets apart, cheap for 1e6.
+_SAMPLED_ROWS = 64
+
+
+def _data_digest(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(str((x.shape, x.dtype.str)).encode())
+    h.update(np.ascontiguousarray(y).tobytes())
+    step = max(1, len(x) // _SAMPLED_ROWS)
+    h.update(np.ascontiguousarray(x[::step]).tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(
+    spec: Mapping[str, Any],
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+) -> str:
+    """A hex digest of everything that decides the outcome of a training run."""
+    payload = {
+        "format": FORMAT_VERSION,
+        "spec": dict(spec),
+        "train": cfg.model_dump(mode="json", exclude={"device", "num_threads"}),
+        "model": model_cfg.model_dump(mode="json"),
+        "n_train": len(train[1]),
+        "n_val": len(val[1]),
+        "train_data": _data_digest(*train),
+        "val_data": _data_digest(*val),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) generator states, as tensors and primitives."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            torch.save(dict(payload), f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if it belongs to this run, else None (and why, in the log)."""
+    if not path.is_file():
+        return None
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: start over rather than fail
+        log.warning("ignoring checkpoint %s: it cannot be read (%s)", path, e)
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        log.warning("ignoring checkpoint %s: written by another medops version", path)
+        return None
+    if payload.get("fingerprint") != expected_fingerprint:
+        log.warning(
+            "ignoring checkpoint %s: it belongs to another run (the model, training config or "
+            "data changed since it was written); training starts from scratch",
+            path,
+        )
+        return None
+    return payload

@@ -1,0 +1,416 @@
+"""The training loop: seeded, augmented on the device, early-stopped on validation AUC, resumable.
+
+Recipe: AdamW with ``train.lr`` and ``train.weight_decay``; the learning rate warms up linearly
+over the first epoch and then follows a cosine down to zero at ``train.epochs`` (stepped per
+batch; early stopping may end the run before the end of the cosine). The loss is cross-entropy,
+weighted by inverse class frequency when ``train.class_weighting``. After every epoch the model
+is scored on the validation set; the best epoch's weights are kept and returned, and training
+stops after ``train.patience`` epochs without a better score.
+
+The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
+classes present). When the validation set holds fewer than two classes AUC is undefined and the
+validation loss decides instead; without a validation set the last epoch is kept.
+
+``checkpoint_dir/last.pt`` is rewritten (atomically) after every epoch, so a killed run started
+again with the same inputs continues after its last finished epoch, and a finished one returns
+at once. Data order and augmentation are drawn from generators seeded by ``(seed, epoch)``, so a
+resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medops.config.schema import ModelConfig, TrainConfig
+from medops.errors import DataError, TrainingError
+from medops.train.architectures import Classifier, ModelSpec, build_model
+from medops.train.augment import BatchAugmenter
+from medops.train.checkpoint import (
+    CHECKPOINT_FILE,
+    FORMAT_VERSION,
+    fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from medops.train.device import resolve_device
+from medops.train.progress import TrainProgress
+from medops.train.scoring import ValScore, seed_everything, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ArrayData:
+    """Images (N, C, H, W) float32 and their class indices (N,) int64."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.x = np.asarray(self.x, dtype=np.float32)
+        self.y = np.asarray(self.y, dtype=np.int64).reshape(-1)
+        if self.x.ndim != 4:
+            raise DataError(f"images must have shape (N, C, H, W); got {self.x.shape}")
+        if len(self.x) != len(self.y):
+            raise DataError(f"{len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch did. ``epoch`` counts from 1; NaN where a value is undefined."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+    best_so_far: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochResult:
+        return cls(**d)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train_model`. ``model`` holds the best epoch's weights, on the CPU.
+
+    ``epochs_run`` counts every finished epoch, those before a resume included.
+    """
+
+    model: Classifier
+    best_epoch: int
+    best_val_auc: float
+    history: list[EpochResult]
+    resumed_from_epoch: int | None
+    stopped_early: bool
+    device: str
+    epochs_run: int
+
+
+def train_model(
+    spec: ModelSpec,
+    train: ArrayData,
+    val: ArrayData,
+    cfg: TrainConfig,
+    model_cfg: ModelConfig,
+    *,
+    checkpoint_dir: Path,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train a :class:`Classifier` for ``spec`` (see the module docstring for the recipe)."""
+    _check_data(spec, train, val)
+    if len(train) < 2:
+        raise DataError(f"training needs at least 2 images (got {len(train)})")
+    device = resolve_device(cfg.device)
+    with _torch_threads(cfg.num_threads):
+        run = _Run(spec, train, val, cfg, model_cfg, device, Path(checkpoint_dir))
+        return run.execute(on_epoch, progress)
+
+
+def _check_data(spec: ModelSpec, *sets: ArrayData) -> None:
+    for data in sets:
+        if len(data) and data.x.shape[1] != spec.in_channels:
+            raise DataError(
+                f"the model takes {spec.in_channels} channel(s) but the images have "
+                f"{data.x.shape[1]} (shape {data.x.shape})"
+            )
+        if len(data) and (data.y.min() < 0 or data.y.max() >= spec.num_classes):
+            raise DataError(
+                f"labels must be class indices in [0, {spec.num_classes}); "
+                f"found {sorted(set(np.unique(data.y).tolist()))}"
+            )
+
+
+@contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """``train.num_threads`` for the duration of the run only (torch's setting is global)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, scaled so a balanced set has weights 1; 0 for absent classes."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then a cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _Run:
+    """The state of one training run; ``execute`` runs (or resumes) it."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        train: ArrayData,
+        val: ArrayData,
+        cfg: TrainConfig,
+        model_cfg: ModelConfig,
+        device: torch.device,
+        checkpoint_dir: Path,
+    ) -> None:
+        self.spec, self.train, self.val, self.cfg, self.device = spec, train, val, cfg, device
+        self.path = checkpoint_dir / CHECKPOINT_FILE
+        self.fingerprint = fingerprint(
+            spec.to_dict(), cfg, model_cfg, (train.x, train.y), (val.x, val.y)
+        )
+        seed_everything(cfg.seed)
+        weights = Path(model_cfg.weights).expanduser() if model_cfg.weights else None
+        self.model = build_model(spec, pretrained=model_cfg.pretrained, weights=weights)
+        # channels-last is what oneDNN (CPU) and cuDNN convolutions run fastest on
+        self.memory_format = (
+            torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        )
+        self.model.to(device)
+        self.model.to(memory_format=self.memory_format)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.steps_per_epoch = self._batches_per_epoch()
+        total = cfg.epochs * self.steps_per_epoch
+        warmup = min(self.steps_per_epoch, total)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_factor(step, warmup, total)
+        )
+        weight = class_weights(train.y, spec.num_classes) if cfg.class_weighting else None
+        self.loss_weight = weight.to(device) if weight is not None else None
+        self.augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
+        self.x_train = torch.from_numpy(train.x)
+        self.y_train = torch.from_numpy(train.y)
+        self.history: list[EpochResult] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.monitor = _monitor_for(val)
+        self._finished = False
+        self._stopped_early = False
+
+    def _batches_per_epoch(self) -> int:
+        n, bs = len(self.train), self.cfg.batch_size
+        full, rest = divmod(n, bs)
+        return full + (1 if rest >= 2 else 0)  # a batch of one breaks batch norm: it is dropped
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def execute(
+        self, on_epoch: Callable[[EpochResult], None] | None, progress: bool
+    ) -> TrainResult:
+        resumed = self._resume()
+        if resumed is not None and self._finished:
+            log.info("checkpoint %s holds a finished run; not training again", self.path)
+            return self._result(resumed, self._stopped_early)
+        start = (resumed or 0) + 1
+        stopped_early = False
+        with TrainProgress(
+            enabled=progress,
+            epochs=self.cfg.epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            start_epoch=start,
+        ) as bar:
+            for epoch in range(start, self.cfg.epochs + 1):
+                result = self._epoch(epoch, bar.advance)
+                stopped_early = epoch - self.best_epoch >= self.cfg.patience
+                finished = stopped_early or epoch == self.cfg.epochs
+                self._save(epoch, finished=finished, stopped_early=stopped_early)
+                bar.epoch_done(epoch, result.train_loss, result.val_auc)
+                if on_epoch is not None:
+                    on_epoch(result)
+                if stopped_early:
+                    log.info(
+                        "stopping early after epoch %d: no better validation score for %d epochs",
+                        epoch,
+                        self.cfg.patience,
+                    )
+                    break
+        return self._result(resumed, stopped_early)
+
+    def _epoch(self, epoch: int, advance: Callable[[float], None]) -> EpochResult:
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss = self._train_one_epoch(epoch, advance)
+        score = validate(
+            self.model,
+            self.val.x,
+            self.val.y,
+            device=self.device,
+            memory_format=self.memory_format,
+            batch_size=max(self.cfg.batch_size, 256),
+            loss_weight=self.loss_weight,
+        )
+        value = self._monitored(score, epoch)
+        best = value > self.best_score
+        if best:
+            self.best_score, self.best_epoch = value, epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self._state().items()}
+        result = EpochResult(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=score.loss,
+            val_auc=score.auc,
+            val_accuracy=score.accuracy,
+            lr=float(lr),
+            seconds=time.perf_counter() - started,
+            best_so_far=best,
+        )
+        self.history.append(result)
+        return result
+
+    def _train_one_epoch(self, epoch: int, advance: Callable[[float], None]) -> float:
+        self.model.train()
+        seed = self.cfg.seed * 1_000_003 + epoch
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        aug_gen = torch.Generator().manual_seed(seed + 7_919)
+        total = torch.zeros((), device=self.device)
+        seen = 0
+        bs = self.cfg.batch_size
+        for i in range(self.steps_per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            x = self.x_train[idx].to(self.device, non_blocking=True)
+            y = self.y_train[idx].to(self.device, non_blocking=True)
+            if self.augment is not None:
+                x = self.augment(x, aug_gen)
+            logits = self.model(x.contiguous(memory_format=self.memory_format))
+            loss = F.cross_entropy(logits, y, weight=self.loss_weight)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.detach() * len(idx)  # no .item() here: it would sync a GPU per batch
+            seen += len(idx)
+            advance(1)
+        train_loss = float(total.item()) / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"the training loss became {train_loss} in epoch {epoch}; "
+                f"fix: lower train.lr (now {self.cfg.lr})"
+            )
+        return train_loss
+
+    def _monitored(self, score: ValScore, epoch: int) -> float:
+        """Higher is better."""
+        if self.monitor == "auc":
+            return score.auc if math.isfinite(score.auc) else -math.inf
+        if self.monitor == "loss":
+            return -score.loss
+        return float(epoch)  # no validation data: the latest epoch is the best known
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _save(self, epoch: int, *, finished: bool, stopped_early: bool) -> None:
+        best_is_current = self.best_epoch == epoch
+        save_checkpoint(
+            self.path,
+            {
+                "format": FORMAT_VERSION,
+                "fingerprint": self.fingerprint,
+                "epoch": epoch,
+                "finished": finished,
+                "stopped_early": stopped_early,
+                "model": self._state(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                # the current weights are the best ones half the time: do not write them twice
+                "best_state": None if best_is_current else self.best_state,
+                "best_score": self.best_score,
+                "best_epoch": self.best_epoch,
+                "history": [h.to_dict() for h in self.history],
+                "rng": rng_state(),
+            },
+        )
+
+    def _resume(self) -> int | None:
+        """Restore the checkpoint of this run if there is one; the last epoch it finished."""
+        ckpt = load_checkpoint(self.path, self.fingerprint)
+        if ckpt is None:
+            return None
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
+        self.best_score = float(ckpt["best_score"])
+        self.best_epoch = int(ckpt["best_epoch"])
+        best = ckpt["best_state"]
+        self.best_state = (
+            best
+            if best is not None
+            else {k: v.detach().to("cpu", copy=True) for k, v in ckpt["model"].items()}
+        )
+        set_rng_state(ckpt["rng"])
+        self._finished = bool(ckpt["finished"])
+        self._stopped_early = bool(ckpt["stopped_early"])
+        epoch = int(ckpt["epoch"])
+        log.info("resuming from %s after epoch %d", self.path, epoch)
+        return epoch
+
+    def _result(self, resumed: int | None, stopped_early: bool) -> TrainResult:
+        model = self.model
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        model.to("cpu")
+        model.to(memory_format=torch.contiguous_format)
+        model.eval()
+        best = next((h for h in self.history if h.epoch == self.best_epoch), None)
+        return TrainResult(
+            model=model,
+            best_epoch=self.best_epoch,
+            best_val_auc=best.val_auc if best is not None else math.nan,
+            history=list(self.history),
+            resumed_from_epoch=resumed,
+            stopped_early=stopped_early,
+            device=str(self.device),
+            epochs_run=len(self.history),
+        )
+
+
+def _monitor_for(val: ArrayData) -> str:
+    """What early stopping watches: AUC when it is defined on the validation set."""
+    if len(np.unique(val.y)) >= 2:
+        return "auc"
+    if len(val):
+        log.warning(
+            "the validation set holds a single class, so AUC is undefined; "
+            "early stopping watches the validation loss instead"
+        )
+        return "loss"
+    log.warning("there is no validation set; the last epoch's weights are kept")
+    return "none"

@@ -1,0 +1,80 @@
+"""The command line, as a user types it (typer's runner, in process, on real projects)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medops.cli.main import app
+from medops.demo.synthetic import make_synthetic_dataset
+
+runner = CliRunner()
+
+
+def medops(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_init_scaffolds_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    code, out = medops("init", str(tmp_path / "p"))
+    assert code == 0 and "created" in out
+    assert (tmp_path / "p" / "medops.yaml").read_text().startswith("# medops project")
+    code, out = medops("init", str(tmp_path / "p"))
+    assert code == 2 and "--force" in out
+
+
+def test_config_errors_exit_2_with_the_key(tmp_path: Path) -> None:
+    medops("init", str(tmp_path / "p"))
+    code, out = medops("run", "-C", str(tmp_path / "p"), "--set", "model.architecture=resnet-18")
+    assert code == 2 and "did you mean 'resnet18'" in out
+    (tmp_path / "elsewhere").mkdir()
+    code, out = medops("runs", "ls", "-C", str(tmp_path / "elsewhere"))
+    assert code == 2 and "medops init" in out
+
+
+def test_empty_project_listings_and_unknown_run(tmp_path: Path) -> None:
+    medops("init", str(tmp_path))
+    code, out = medops("runs", "ls", "-C", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out = medops("runs", "show", "run-nope", "-C", str(tmp_path))
+    assert code == 4 and "no run" in out
+    code, out = medops("run", "-C", str(tmp_path))
+    assert code == 5 and "no images" in out
+
+
+def test_data_import_npz_and_ls(tmp_path: Path, shared_data: Path) -> None:
+    medops("init", str(tmp_path))
+    npz = shared_data / "medmnist" / "breastmnist_28.npz"
+    code, out = medops("data", "import", str(npz), "-C", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["new"] == 780
+    code, out = medops("data", "ls", "-C", str(tmp_path), "--json")
+    assert json.loads(out)["sources"] == {"npz:breastmnist_28.npz": {"pending": 780}}
+    code, out = medops("data", "import", str(tmp_path / "missing.npz"), "-C", str(tmp_path))
+    assert code == 2 and "cannot import" in out
+
+
+@pytest.mark.slow
+def test_run_show_and_models_ls(tmp_path: Path) -> None:
+    medops("init", str(tmp_path))
+    shutil.rmtree(tmp_path / "data" / "raw")
+    make_synthetic_dataset(tmp_path / "data" / "raw", n_patients=10, images_per_patient=3,
+                           size=32)
+    code, out = medops("run", "-C", str(tmp_path), "--json", "--set", "train.epochs=2",
+                       "--set", "gate.min=0")
+    assert code == 0, out
+    run = json.loads(out)
+    assert run["status"] == "succeeded" and [s["status"] for s in run["steps"]] == \
+        ["succeeded"] * 8
+    code, out = medops("runs", "show", run["id"][:16], "-C", str(tmp_path))
+    assert code == 0 and "register" in out and "test_auc" in out
+    code, out = medops("models", "ls", "-C", str(tmp_path), "--json")
+    versions = json.loads(out)
+    assert code == 0 and versions[0]["aliases"] == ["candidate"]
+    assert versions[0]["tags"]["approval"] == "pending"
+    code, out = medops("data", "ls", "-C", str(tmp_path))
+    assert code == 0 and "quarantined" in out

@@ -1,0 +1,109 @@
+"""Folder and .npz sources on real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from medops.config.enums import FrameMode, LabelsFrom
+from medops.config.schema import LabelsConfig
+from medops.data.sources import FolderSource, NpzSource
+from medops.errors import ConfigError, DataError, LabelError
+from medops.storage import ItemStatus, Split
+
+
+def _dicom(name: str) -> Path:
+    return Path(str(get_testdata_file(name)))
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    (root / "ct").mkdir(parents=True)
+    (root / "mr").mkdir()
+    shutil.copy(_dicom("CT_small.dcm"), root / "ct" / "a.dcm")
+    shutil.copy(_dicom("CT_small.dcm"), root / "ct" / "no_extension")  # found by its preamble
+    shutil.copy(_dicom("MR_small.dcm"), root / "mr" / "b.dcm")
+    data = _dicom("MR_small.dcm").read_bytes()
+    (root / "mr" / "truncated.dcm").write_bytes(data[: len(data) // 3])
+    (root / "mr" / "notes.dat").write_text("not an image")
+    (root / "loose.dcm").write_bytes(_dicom("CT_small.dcm").read_bytes())  # no label folder
+    (root / "labels.csv").write_text("ignored")
+    return root
+
+
+def test_folder_lists_dicom_with_labels_patients_and_quarantine(folder: Path) -> None:
+    items = {Path(i.uri).name: i for i in FolderSource(folder, LabelsConfig()).list_items()}
+    assert set(items) == {"a.dcm", "no_extension", "b.dcm", "truncated.dcm", "notes.dat",
+                          "loose.dcm"}
+    assert items["a.dcm"].label == "ct" and items["b.dcm"].label == "mr"
+    assert items["a.dcm"].content_hash == items["no_extension"].content_hash
+    assert items["a.dcm"].status is ItemStatus.PENDING
+    # The PatientID is pseudonymised before it is stored: equality survives, the PHI does not.
+    assert items["a.dcm"].patient_id and items["a.dcm"].patient_id.startswith("pt-")
+    assert items["a.dcm"].info["format"] == "dicom" and items["a.dcm"].study_uid
+    assert items["notes.dat"].status is ItemStatus.QUARANTINED
+    assert "not a DICOM" in (items["notes.dat"].reason or "")
+    assert items["loose.dcm"].label is None
+
+
+def test_truncated_file_is_quarantined_at_listing_or_validation(folder: Path) -> None:
+    from medops.data.validate import decode_check
+
+    item = next(i for i in FolderSource(folder, LabelsConfig()).list_items()
+                if i.uri.endswith("truncated.dcm"))
+    reason = item.reason if item.status is ItemStatus.QUARANTINED else \
+        decode_check((item.uri, item.frame))
+    assert reason
+
+
+def test_multiframe_each_frame_is_an_item(tmp_path: Path) -> None:
+    root = tmp_path / "raw" / "us"
+    root.mkdir(parents=True)
+    shutil.copy(_dicom("SC_rgb_rle_2frame.dcm"), root / "mf.dcm")
+    each = list(FolderSource(tmp_path / "raw", LabelsConfig(), FrameMode.EACH).list_items())
+    middle = list(FolderSource(tmp_path / "raw", LabelsConfig(), FrameMode.MIDDLE).list_items())
+    assert len(middle) == 1 and middle[0].frame is None
+    assert [i.frame for i in each] == list(range(len(each))) and len(each) > 1
+    assert len({i.key for i in each}) == len(each)
+
+
+def test_csv_labels_and_patients(folder: Path) -> None:
+    (folder / "labels.csv").write_text(
+        "path,label,patient\nct/a.dcm,normal,P1\nmr/b.dcm,abnormal,P2\n")
+    cfg = LabelsConfig(**{"from": LabelsFrom.CSV, "csv": "labels.csv",
+                          "patient_column": "patient"})
+    items = {Path(i.uri).name: i for i in FolderSource(folder, cfg).list_items()}
+    assert items["a.dcm"].label == "normal" and items["b.dcm"].label == "abnormal"
+    assert items["no_extension"].label is None
+    assert items["a.dcm"].patient_id != items["b.dcm"].patient_id
+    bad = LabelsConfig(**{"from": LabelsFrom.CSV, "csv": "labels.csv", "label_column": "dx"})
+    with pytest.raises(LabelError, match="no column 'dx'"):
+        FolderSource(folder, bad)
+    missing = LabelsConfig(**{"from": LabelsFrom.CSV, "csv": "nope.csv"})
+    with pytest.raises(ConfigError, match="does not exist"):
+        FolderSource(folder, missing)
+
+
+def test_npz_keeps_published_split(tmp_path: Path, shared_data: Path) -> None:
+    source = NpzSource(shared_data / "medmnist" / "breastmnist_28.npz", tmp_path / "out")
+    items = list(source.list_items())
+    by_split = {s: [i for i in items if i.split is s] for s in Split}
+    assert [len(by_split[s]) for s in Split] == [546, 78, 156]
+    assert {i.label for i in items} == {"0", "1"}
+    again = list(source.list_items())  # idempotent: same files, same hashes
+    assert [i.content_hash for i in again] == [i.content_hash for i in items]
+
+
+def test_npz_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "x.npz"
+    np.savez(bad, images=np.zeros((2, 4, 4)))
+    with pytest.raises(DataError, match="MedMNIST format"):
+        list(NpzSource(bad, tmp_path / "o").list_items())
+    (tmp_path / "y.npz").write_text("garbage")
+    with pytest.raises(DataError, match="not a readable"):
+        list(NpzSource(tmp_path / "y.npz", tmp_path / "o").list_items())

@@ -1,0 +1,12 @@
+"""The public API is deliberate: these names, and they resolve."""
+
+from __future__ import annotations
+
+import medops
+
+
+def test_public_api() -> None:
+    assert set(medops.__all__) == {"__version__", "Project", "import_source", "PipelineRunner",
+                                   "MedopsConfig", "load_config", "MedopsError"}
+    for name in medops.__all__:
+        assert getattr(medops, name) is not None

@@ -1,0 +1,125 @@
+"""Every architecture builds, adapts its stem and head, and loads (or refuses) weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from medops.config.enums import Architecture
+from medops.config.schema import ModelConfig
+from medops.errors import ConfigError, WeightsUnavailableError
+from medops.train import Classifier, ModelSpec, build_model, resolve_small_input
+
+# building these takes seconds (tens of millions of parameters): one build each is enough
+_BIG = {Architecture.EFFICIENTNET_B5, Architecture.EFFICIENTNET_B6, Architecture.EFFICIENTNET_B7}
+
+
+def _forward(model: Classifier, channels: int, size: int = 32) -> torch.Tensor:
+    model.eval()
+    with torch.inference_mode():
+        return model(torch.randn(2, channels, size, size))
+
+
+@pytest.mark.parametrize("arch", list(Architecture), ids=str)
+def test_every_architecture_builds_and_runs(arch: Architecture) -> None:
+    variants = [(1, 4, True)] if arch in _BIG else [(1, 4, True), (3, 2, False)]
+    for channels, classes, small in variants:
+        model = build_model(ModelSpec(arch, channels, classes, small))
+        logits = _forward(model, channels)
+        assert logits.shape == (2, classes)
+        assert torch.isfinite(logits).all()
+        with torch.inference_mode():
+            features = model.embed(torch.randn(2, channels, 32, 32))
+        assert features.shape == (2, model.feature_dim)
+        assert model.spec.architecture is arch
+
+
+def test_small_input_stems() -> None:
+    resnet = build_model(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True)).backbone
+    assert isinstance(resnet.conv1, nn.Conv2d)
+    assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1)
+    assert isinstance(resnet.maxpool, nn.Identity)
+    dense = build_model(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True)).backbone
+    assert dense.features.conv0.stride == (1, 1)
+    assert isinstance(dense.features.pool0, nn.Identity)
+    mobile = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True)).backbone
+    assert mobile.features[0][0].stride == (1, 1)
+    assert mobile.features[0][0].in_channels == 1
+    standard = build_model(ModelSpec(Architecture.RESNET18, 3, 2, small_input=False)).backbone
+    assert standard.conv1.kernel_size == (7, 7) and standard.conv1.stride == (2, 2)
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = ModelSpec(Architecture.EFFICIENTNET_B0, 3, 5, True)
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ConfigError, match="known: resnet18"):
+        ModelSpec.from_dict({**spec.to_dict(), "architecture": "resnet19"})
+    with pytest.raises(ConfigError):
+        ModelSpec(Architecture.RESNET18, 2, 5, True)
+
+
+def test_resolve_small_input() -> None:
+    auto = ModelConfig()
+    assert resolve_small_input(auto, (28, 28)) is True
+    assert resolve_small_input(auto, (64, 128)) is False
+    assert resolve_small_input(ModelConfig(small_input=False), (28, 28)) is False
+    assert resolve_small_input(ModelConfig(small_input=True), (224, 224)) is True
+
+
+def test_local_weights_file_rgb_and_summed_to_grey(tmp_path: Path) -> None:
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)
+    rgb = build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=path).backbone
+    torch.testing.assert_close(rgb.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(rgb.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    grey = build_model(ModelSpec(Architecture.RESNET18, 1, 2, False), weights=path).backbone
+    torch.testing.assert_close(grey.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    # a small-input stem has a 3x3 kernel: it starts fresh, the rest is loaded
+    small = build_model(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=path).backbone
+    assert small.conv1.weight.shape == (64, 1, 3, 3)
+    torch.testing.assert_close(small.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+
+
+def test_local_weights_keep_a_stride_one_stem(tmp_path: Path) -> None:
+    reference = torchvision.models.mobilenet_v2()
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(reference.state_dict(), path)
+    model = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 3, True), weights=path)
+    stem = model.backbone.features[0][0]
+    torch.testing.assert_close(stem.weight, reference.features[0][0].weight.sum(1, keepdim=True))
+    assert _forward(model, 1).shape == (2, 3)
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsUnavailableError, match=r"does not exist.*model\.weights"):
+        build_model(
+            ModelSpec(Architecture.RESNET18, 1, 2, True), weights=tmp_path / "missing.pth"
+        )
+
+
+def test_incompatible_or_corrupt_weights_file(tmp_path: Path) -> None:
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match="do not fit resnet50"):
+        build_model(ModelSpec(Architecture.RESNET50, 3, 2, False), weights=path)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsUnavailableError, match="cannot be read"):
+        build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=garbage)
+
+
+def test_pretrained_offline_without_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an empty cache, and every download sent to a closed local port: a real offline machine
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(WeightsUnavailableError, match=r"ResNet18_Weights.*model\.weights"):
+        build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), pretrained=True)
