@@ -52,6 +52,10 @@ class Project:
         load_config(path)  # the scaffold must always be valid
         return path
 
+    def with_config(self, config: MedopsConfig) -> Project:
+        """The same project folder under another configuration (a resumed run's snapshot)."""
+        return Project(self.root, config)
+
     @cached_property
     def artifacts(self) -> Path:
         path = local_path(self.root, self.config.storage.artifacts, key="storage.artifacts")

@@ -44,8 +44,11 @@ def pydicom_file(name: str) -> Path:
 
 
 def _htj2k_pairs() -> list[str]:
-    return sorted(p.name.removesuffix("_JPH.dcm") for p in (SHARED / "dicom/htj2k").glob("*.dcm")
-                  if (SHARED / f"dicom/nema_wg04_uncompressed/{p.name[:-8]}_UNC.dcm").exists())
+    return sorted(
+        p.name.removesuffix("_JPH.dcm")
+        for p in (SHARED / "dicom/htj2k").glob("*.dcm")
+        if (SHARED / f"dicom/nema_wg04_uncompressed/{p.name[:-8]}_UNC.dcm").exists()
+    )
 
 
 # -- sniffing and probing -------------------------------------------------------------------------
@@ -88,10 +91,16 @@ def test_probe_multiframe_and_colour() -> None:
 # -- decoding -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", [
-    "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm",
-    "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        "MR_small_RLE.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "MR_small_jp2klossless.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_implicit.dcm",
+    ],
+)
 @pytest.mark.parametrize("window", list(WindowMode))
 def test_lossless_variants_match_uncompressed(variant: str, window: WindowMode) -> None:
     expected = read_pixels(pydicom_file("MR_small.dcm"), window=window)
@@ -116,8 +125,9 @@ def test_window_auto_applies_the_files_window() -> None:
     ds = pydicom.dcmread(path)
     expected = apply_windowing(ds.pixel_array, ds)
     np.testing.assert_allclose(read_pixels(path), expected.astype(np.float32), rtol=1e-6)
-    np.testing.assert_array_equal(read_pixels(path, window=WindowMode.NONE),
-                                  ds.pixel_array.astype(np.float32))
+    np.testing.assert_array_equal(
+        read_pixels(path, window=WindowMode.NONE), ds.pixel_array.astype(np.float32)
+    )
 
 
 def test_voi_lut_sequence_is_preferred_to_the_window(tmp_path: Path) -> None:
@@ -287,7 +297,8 @@ def test_png_and_jpeg(tmp_path: Path, shared_data: Path) -> None:
 def test_broken_png_and_jpeg(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((64, 64), np.uint8) + 7).save(tmp_path / "a.png")
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        tmp_path / "a.jpg")
+        tmp_path / "a.jpg"
+    )
     for name in ("a.png", "a.jpg"):
         data = (tmp_path / name).read_bytes()
         (tmp_path / f"cut_{name}").write_bytes(data[: len(data) // 2])
@@ -305,17 +316,29 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
         return struct.pack(">I", len(body)) + kind + body + crc
 
     header = struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-           + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
     (tmp_path / "bomb.png").write_bytes(png)
     for fn in (probe, read_pixels):
         with pytest.raises(UnreadableImageError, match="bomb"):
             fn(tmp_path / "bomb.png")
 
 
-@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm",
-                                  "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                                  "examples_palette.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "CT_small.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+        "SC_rgb_jpeg_dcmtk.dcm",
+        "MR_small_jpeg_ls_lossless.dcm",
+        "examples_palette.dcm",
+    ],
+)
 def test_damaged_files_raise_only_medops_errors(tmp_path: Path, name: str) -> None:
     """Flipped bytes, cuts and overwritten runs anywhere in the file: the decoders (C, Rust)
     and pydicom fail in many ways, and each must surface as a DataError or a clean read.

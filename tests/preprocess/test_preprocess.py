@@ -30,22 +30,45 @@ from medops.preprocess import (
 from medops.preprocess.transforms import resize
 
 SHARED = (Path(__file__).parents[2] / "../shared/data").resolve()
-PYDICOM_FILES = ("CT_small.dcm", "MR_small_RLE.dcm", "examples_ybr_color.dcm",
-                 "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jp2klossless.dcm", "JPGExtended.dcm")
+PYDICOM_FILES = (
+    "CT_small.dcm",
+    "MR_small_RLE.dcm",
+    "examples_ybr_color.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "MR_small_jp2klossless.dcm",
+    "JPGExtended.dcm",
+)
 
 
 def profile(**changes: object) -> PreprocessProfile:
-    values: dict[str, object] = dict(size=(32, 24), channels=1, window=WindowMode.AUTO,
-                                     normalize=Normalize.ZSCORE, frames=FrameMode.MIDDLE)
+    values: dict[str, object] = dict(
+        size=(32, 24),
+        channels=1,
+        window=WindowMode.AUTO,
+        normalize=Normalize.ZSCORE,
+        frames=FrameMode.MIDDLE,
+    )
     values.update(changes)
     return PreprocessProfile.model_validate(values)
 
 
 def info(rows: int, cols: int, samples: int = 1) -> ImageInfo:
-    return ImageInfo(format=ImageFormat.PNG, rows=rows, cols=cols, n_frames=1,
-                     samples_per_pixel=samples, photometric=None, transfer_syntax=None,
-                     modality=None, patient_id=None, study_uid=None, series_uid=None,
-                     sop_uid=None, bits_stored=8, burned_in_annotation=None)
+    return ImageInfo(
+        format=ImageFormat.PNG,
+        rows=rows,
+        cols=cols,
+        n_frames=1,
+        samples_per_pixel=samples,
+        photometric=None,
+        transfer_syntax=None,
+        modality=None,
+        patient_id=None,
+        study_uid=None,
+        series_uid=None,
+        sop_uid=None,
+        bits_stored=8,
+        burned_in_annotation=None,
+    )
 
 
 @pytest.fixture
@@ -61,9 +84,15 @@ def files(tmp_path: Path) -> list[Path]:
 
 
 def tasks_for(paths: list[Path]) -> list[PreprocessTask]:
-    return [PreprocessTask(key=p.name, uri=str(p), frame=None,
-                           content_hash=hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in paths]
+    return [
+        PreprocessTask(
+            key=p.name,
+            uri=str(p),
+            frame=None,
+            content_hash=hashlib.sha256(p.read_bytes()).hexdigest(),
+        )
+        for p in paths
+    ]
 
 
 # -- profile --------------------------------------------------------------------------------------
@@ -72,8 +101,10 @@ def tasks_for(paths: list[Path]) -> list[PreprocessTask]:
 def test_profile_json_round_trip_and_fingerprint() -> None:
     p = profile()
     assert PreprocessProfile.from_json(p.to_json()) == p
-    assert p.to_json() == ('{"channels":1,"frames":"middle","normalize":"zscore",'
-                           '"size":[32,24],"version":1,"window":"auto"}')
+    assert p.to_json() == (
+        '{"channels":1,"frames":"middle","normalize":"zscore",'
+        '"size":[32,24],"version":1,"window":"auto"}'
+    )
     assert len(p.fingerprint()) == 16 and p.fingerprint() == profile().fingerprint()
     assert p.fingerprint() != profile(normalize=Normalize.MINMAX).fingerprint()
     with pytest.raises(ConfigError, match="invalid preprocessing profile"):
@@ -136,8 +167,9 @@ def test_resize_is_anti_aliased() -> None:
 def test_preprocess_bytes_matches_file() -> None:
     path = Path(get_testdata_file("MR_small_jp2klossless.dcm", download=False))
     p = profile(channels=3)
-    np.testing.assert_array_equal(preprocess_bytes(path.read_bytes(), p),
-                                  preprocess_file(path, None, p))
+    np.testing.assert_array_equal(
+        preprocess_bytes(path.read_bytes(), p), preprocess_file(path, None, p)
+    )
     expected = apply_profile(read_pixels(path), p)
     np.testing.assert_array_equal(preprocess_file(path, None, p), expected)
 
@@ -177,10 +209,12 @@ def test_preprocess_items_caches_and_reports_failures(tmp_path: Path, files: lis
     assert (report.computed, report.cached) == (len(tasks) - 1, 0)
     assert seen[0] == (0, len(tasks)) and seen[-1] == (len(tasks), len(tasks))
 
+    odd = PreprocessTask("odd", tasks[0].uri, None, "../../etc")  # a malformed hash
     with SerialExecutor() as ex:
-        again = preprocess_items(tasks, p, cache, ex)
-    assert (again.computed, again.cached, list(again.failures)) == (0, len(tasks) - 1,
-                                                                      ["corrupt.dcm"])
+        again = preprocess_items([*tasks, odd], p, cache, ex)
+    assert (again.computed, again.cached) == (0, len(tasks) - 1)
+    assert sorted(again.failures) == ["corrupt.dcm", "odd"]
+    assert "invalid content hash" in again.failures["odd"]
     good = [t for t in tasks if t.key != "corrupt.dcm"]
     arrays = load_arrays(good, p, cache)
     assert arrays.shape == (len(good), 3, 32, 24) and arrays.dtype == np.float32
@@ -198,8 +232,9 @@ def test_process_pool_matches_serial(tmp_path: Path, files: list[Path]) -> None:
     with LocalExecutor(workers=2) as ex:
         report = preprocess_items(tasks, p, pool_cache, ex)
     assert (report.computed, report.failures) == (len(tasks), {})
-    np.testing.assert_array_equal(load_arrays(tasks, p, pool_cache),
-                                  load_arrays(tasks, p, serial_cache))
+    np.testing.assert_array_equal(
+        load_arrays(tasks, p, pool_cache), load_arrays(tasks, p, serial_cache)
+    )
 
 
 def test_png_input(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def make_data() -> DataFactory:
 
 @pytest.fixture
 def tiny_spec() -> ModelSpec:
-    # the standard (downsampling) stem makes a 16 px ResNet-18 cost next to nothing
+    # with its downsampling stem a 16 px ResNet-18 costs little, and it learns in a few steps
     return ModelSpec(Architecture.RESNET18, in_channels=1, num_classes=2, small_input=False)
 
 

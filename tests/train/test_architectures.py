@@ -39,19 +39,26 @@ def test_every_architecture_builds_and_runs(arch: Architecture) -> None:
         assert model.spec.architecture is arch
 
 
+def _conv(model: Classifier, path: str) -> nn.Conv2d:
+    conv = model.backbone.get_submodule(path)
+    assert isinstance(conv, nn.Conv2d)
+    return conv
+
+
 def test_small_input_stems() -> None:
-    resnet = build_model(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True)).backbone
-    assert isinstance(resnet.conv1, nn.Conv2d)
-    assert resnet.conv1.kernel_size == (3, 3) and resnet.conv1.stride == (1, 1)
-    assert isinstance(resnet.maxpool, nn.Identity)
-    dense = build_model(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True)).backbone
-    assert dense.features.conv0.stride == (1, 1)
-    assert isinstance(dense.features.pool0, nn.Identity)
-    mobile = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True)).backbone
-    assert mobile.features[0][0].stride == (1, 1)
-    assert mobile.features[0][0].in_channels == 1
-    standard = build_model(ModelSpec(Architecture.RESNET18, 3, 2, small_input=False)).backbone
-    assert standard.conv1.kernel_size == (7, 7) and standard.conv1.stride == (2, 2)
+    resnet = build_model(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True))
+    assert _conv(resnet, "conv1").kernel_size == (3, 3)
+    assert _conv(resnet, "conv1").stride == (1, 1)
+    assert isinstance(resnet.backbone.get_submodule("maxpool"), nn.Identity)
+    dense = build_model(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True))
+    assert _conv(dense, "features.conv0").stride == (1, 1)
+    assert isinstance(dense.backbone.get_submodule("features.pool0"), nn.Identity)
+    mobile = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True))
+    assert _conv(mobile, "features.0.0").stride == (1, 1)
+    assert _conv(mobile, "features.0.0").in_channels == 1
+    standard = build_model(ModelSpec(Architecture.RESNET18, 3, 2, small_input=False))
+    assert _conv(standard, "conv1").kernel_size == (7, 7)
+    assert _conv(standard, "conv1").stride == (2, 2)
 
 
 def test_spec_round_trips_through_json() -> None:
@@ -71,19 +78,25 @@ def test_resolve_small_input() -> None:
     assert resolve_small_input(ModelConfig(small_input=True), (224, 224)) is True
 
 
+def _w(model: nn.Module, name: str) -> torch.Tensor:
+    return model.get_parameter(name)
+
+
 def test_local_weights_file_rgb_and_summed_to_grey(tmp_path: Path) -> None:
     reference = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     rgb = build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=path).backbone
-    torch.testing.assert_close(rgb.conv1.weight, reference.conv1.weight)
-    torch.testing.assert_close(rgb.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    for name in ("conv1.weight", "layer3.1.conv2.weight", "bn1.bias"):
+        torch.testing.assert_close(_w(rgb, name), _w(reference, name))
     grey = build_model(ModelSpec(Architecture.RESNET18, 1, 2, False), weights=path).backbone
-    torch.testing.assert_close(grey.conv1.weight, reference.conv1.weight.sum(1, keepdim=True))
+    summed = _w(reference, "conv1.weight").sum(1, keepdim=True)
+    torch.testing.assert_close(_w(grey, "conv1.weight"), summed)
     # a small-input stem has a 3x3 kernel: it starts fresh, the rest is loaded
     small = build_model(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=path).backbone
-    assert small.conv1.weight.shape == (64, 1, 3, 3)
-    torch.testing.assert_close(small.layer1[0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert _w(small, "conv1.weight").shape == (64, 1, 3, 3)
+    name = "layer1.0.conv1.weight"
+    torch.testing.assert_close(_w(small, name), _w(reference, name))
 
 
 def test_local_weights_keep_a_stride_one_stem(tmp_path: Path) -> None:
@@ -91,16 +104,14 @@ def test_local_weights_keep_a_stride_one_stem(tmp_path: Path) -> None:
     path = tmp_path / "mobilenet_v2.pth"
     torch.save(reference.state_dict(), path)
     model = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 3, True), weights=path)
-    stem = model.backbone.features[0][0]
-    torch.testing.assert_close(stem.weight, reference.features[0][0].weight.sum(1, keepdim=True))
+    summed = _w(reference, "features.0.0.weight").sum(1, keepdim=True)
+    torch.testing.assert_close(_w(model.backbone, "features.0.0.weight"), summed)
     assert _forward(model, 1).shape == (2, 3)
 
 
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsUnavailableError, match=r"does not exist.*model\.weights"):
-        build_model(
-            ModelSpec(Architecture.RESNET18, 1, 2, True), weights=tmp_path / "missing.pth"
-        )
+        build_model(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=tmp_path / "missing.pth")
 
 
 def test_incompatible_or_corrupt_weights_file(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ from medops.train import (
 from medops.train.augment import BatchAugmenter
 from medops.train.scoring import auc_score
 
-FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=3, device=Device.CPU)
+# one thread: on a small shared machine OpenMP threads that spin-wait on each other cost more
+FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=3, device=Device.CPU, num_threads=1)
 
 
 def test_learns_and_reports_every_epoch(
@@ -35,8 +36,14 @@ def test_learns_and_reports_every_epoch(
 ) -> None:
     seen: list[EpochResult] = []
     result = train_model(
-        tiny_spec, train_set, val_set, FAST, ModelConfig(), checkpoint_dir=tmp_path,
-        on_epoch=seen.append, progress=True,
+        tiny_spec,
+        train_set,
+        val_set,
+        FAST,
+        ModelConfig(),
+        checkpoint_dir=tmp_path,
+        on_epoch=seen.append,
+        progress=True,
     )
     assert [h.epoch for h in result.history] == [1, 2, 3] and seen == result.history
     assert result.epochs_run == 3 and not result.stopped_early
@@ -56,7 +63,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path, tiny_spec: ModelSpe
     # labels independent of the images: validation AUC only wanders, so patience runs out
     noise = ArrayData(rng.normal(size=(64, 1, 16, 16)), rng.integers(0, 2, 64))
     val = ArrayData(rng.normal(size=(32, 1, 16, 16)), rng.integers(0, 2, 32))
-    cfg = TrainConfig(epochs=30, batch_size=32, lr=1e-2, patience=2, device=Device.CPU)
+    cfg = FAST.model_copy(update={"epochs": 30, "lr": 1e-2, "patience": 2})
     result = train_model(
         tiny_spec, noise, val, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
     )
@@ -81,13 +88,16 @@ def test_class_weighting_lifts_the_minority_class(
     val = make_data(64, seed=5, positive_fraction=0.5)
 
     def positive_rate(weighting: bool) -> float:
-        cfg = TrainConfig(
-            epochs=2, batch_size=32, lr=1e-3, class_weighting=weighting, augment=None,
-            device=Device.CPU,
-        )
+        update = {"epochs": 2, "lr": 1e-3, "class_weighting": weighting, "augment": None}
+        cfg = FAST.model_copy(update=update)
         result = train_model(
-            tiny_spec, train, val, cfg, ModelConfig(),
-            checkpoint_dir=tmp_path / str(weighting), progress=False,
+            tiny_spec,
+            train,
+            val,
+            cfg,
+            ModelConfig(),
+            checkpoint_dir=tmp_path / str(weighting),
+            progress=False,
         )
         return float(predict_proba(result.model, val.x)[:, 1].mean())
 
@@ -101,8 +111,13 @@ def test_same_seed_same_history(
     cfg = FAST.model_copy(update={"epochs": 2})
     runs = [
         train_model(
-            tiny_spec, train_set, val_set, cfg, ModelConfig(),
-            checkpoint_dir=tmp_path / str(i), progress=False,
+            tiny_spec,
+            train_set,
+            val_set,
+            cfg,
+            ModelConfig(),
+            checkpoint_dir=tmp_path / str(i),
+            progress=False,
         )
         for i in range(2)
     ]
@@ -119,12 +134,20 @@ def test_finished_checkpoint_returns_without_training(
     )
     calls: list[EpochResult] = []
     again = train_model(
-        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path,
-        on_epoch=calls.append, progress=False,
+        tiny_spec,
+        train_set,
+        val_set,
+        cfg,
+        ModelConfig(),
+        checkpoint_dir=tmp_path,
+        on_epoch=calls.append,
+        progress=False,
     )
     assert calls == [] and again.resumed_from_epoch == 2
     assert again.history == first.history and again.best_epoch == first.best_epoch
-    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+    for a, b in zip(
+        first.model.state_dict().values(), again.model.state_dict().values(), strict=True
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -136,11 +159,17 @@ def test_checkpoint_of_another_run_is_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     cfg = FAST.model_copy(update={"epochs": 1})
-    train_model(tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path,
-                progress=False)
+    train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
     other = cfg.model_copy(update={"lr": 1e-4})
     result = train_model(
-        tiny_spec, train_set, val_set, other, ModelConfig(), checkpoint_dir=tmp_path,
+        tiny_spec,
+        train_set,
+        val_set,
+        other,
+        ModelConfig(),
+        checkpoint_dir=tmp_path,
         progress=False,
     )
     assert result.resumed_from_epoch is None
@@ -162,7 +191,7 @@ def test_bad_inputs(tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData) 
 def test_unavailable_device_names_the_fix() -> None:
     assert resolve_device(Device.CPU).type == "cpu"
     assert resolve_device(Device.AUTO).type in ("cpu", "mps")
-    with pytest.raises(TrainingError, match="train.device: auto"):
+    with pytest.raises(TrainingError, match=r"train\.device: auto"):
         resolve_device(Device.CUDA)
 
 
@@ -173,9 +202,9 @@ def test_augmenter_is_seeded_and_flips_exactly() -> None:
     )
     out = flips(x.repeat(8, 1, 1, 1), torch.Generator().manual_seed(0))
     # bilinear resampling of a pure mirror lands on pixel centres: every image is x or x mirrored
-    for img, src in zip(out, x.repeat(8, 1, 1, 1)):
+    for img, src in zip(out, x.repeat(8, 1, 1, 1), strict=True):
         assert torch.allclose(img, src) or torch.allclose(img, src.flip(-1))
-    assert any(not torch.allclose(i, s) for i, s in zip(out, x.repeat(8, 1, 1, 1)))
+    assert any(not torch.allclose(i, s) for i, s in zip(out, x.repeat(8, 1, 1, 1), strict=True))
     full = BatchAugmenter(AugmentConfig(vflip=True))
     a = full(x, torch.Generator().manual_seed(1))
     b = full(x, torch.Generator().manual_seed(1))
@@ -190,7 +219,8 @@ def test_nan_loss_is_a_training_error(
     tmp_path: Path, tiny_spec: ModelSpec, val_set: ArrayData
 ) -> None:
     broken = ArrayData(np.full((32, 1, 16, 16), np.nan), np.arange(32) % 2)
-    with pytest.raises(TrainingError, match="lower train.lr"):
-        train_model(tiny_spec, broken, val_set, FAST, ModelConfig(), checkpoint_dir=tmp_path,
-                    progress=False)
+    with pytest.raises(TrainingError, match=r"lower train\.lr"):
+        train_model(
+            tiny_spec, broken, val_set, FAST, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+        )
     assert not math.isnan(FAST.lr)

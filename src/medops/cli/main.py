@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -236,4 +237,6 @@ def demo(data: Path | None = typer.Option(None, help="Run on a MedMNIST .npz ins
 
 
 def main() -> None:
+    # MLflow announces its schema migrations at INFO; a CLI user needs none of that.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     app()

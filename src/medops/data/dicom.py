@@ -2,8 +2,8 @@
 
 All decoding goes through pydicom 3's pixel machinery (:mod:`pydicom.pixels`), whose decoder
 plugins wrap pylibjpeg (openjpeg, libjpeg, rle), pillow and gdcm. medops only decides the plugin
-order (pylibjpeg first, gdcm as the last fallback), reads one frame instead of the whole pixel
-data, and turns every failure into :class:`~medops.errors.UnreadableImageError` or
+order (pylibjpeg first; gdcm only where nothing else decodes), reads one frame instead of the
+whole pixel data, and turns every failure into :class:`~medops.errors.UnreadableImageError` or
 :class:`~medops.errors.UnsupportedImageError` with the file name and the reason.
 
 Patient data never enters a message or a log line: only the file name, tags and UIDs of
@@ -68,16 +68,27 @@ _ALL_PLUGINS_FAILED = "Unable to decode as exceptions were raised by all availab
 _HTJ2K = {UID(f"1.2.840.10008.1.2.4.{n}") for n in (201, 202, 203)}
 _PIP_HINTS: list[tuple[set[UID], str]] = [
     (set(JPEG2000TransferSyntaxes) | _HTJ2K, "pip install pylibjpeg pylibjpeg-openjpeg"),
-    (set(JPEGTransferSyntaxes) | set(JPEGLSTransferSyntaxes),
-     "pip install pylibjpeg pylibjpeg-libjpeg"),
+    (
+        set(JPEGTransferSyntaxes) | set(JPEGLSTransferSyntaxes),
+        "pip install pylibjpeg pylibjpeg-libjpeg",
+    ),
 ]
 
 # Elements the LUT pipeline reads; copied into a per-frame view so pydicom's functions (which
 # write some of them back) never touch the parsed header.
 _LUT_KEYWORDS = (
-    "PhotometricInterpretation", "BitsStored", "BitsAllocated", "PixelRepresentation",
-    "SamplesPerPixel", "RescaleSlope", "RescaleIntercept", "ModalityLUTSequence",
-    "WindowCenter", "WindowWidth", "VOILUTFunction", "VOILUTSequence",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "BitsAllocated",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "ModalityLUTSequence",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "VOILUTSequence",
 )
 
 
@@ -152,8 +163,9 @@ def _read_header(f: BinaryIO, name: str) -> DicomHeader:
             "(decompression-bomb guard)"
         )
     n_frames = _int(ds, "NumberOfFrames", name, default=1) or 1
-    return DicomHeader(name=name, dataset=ds, transfer_syntax=ts, n_frames=n_frames,
-                       in_memory=in_memory)
+    return DicomHeader(
+        name=name, dataset=ds, transfer_syntax=ts, n_frames=n_frames, in_memory=in_memory
+    )
 
 
 def frame_index(header: DicomHeader, frame: int | None) -> int:
@@ -161,8 +173,10 @@ def frame_index(header: DicomHeader, frame: int | None) -> int:
     if frame is None:
         return header.n_frames // 2
     if not 0 <= frame < header.n_frames:
-        raise DataError(f"{header.name}: frame {frame} does not exist; the file has "
-                        f"{header.n_frames} frame(s), indices 0..{header.n_frames - 1}")
+        raise DataError(
+            f"{header.name}: frame {frame} does not exist; the file has "
+            f"{header.n_frames} frame(s), indices 0..{header.n_frames - 1}"
+        )
     return frame
 
 
@@ -183,8 +197,9 @@ def decode_stored(f: BinaryIO, header: DicomHeader, index: int) -> np.ndarray:
         try:
             if header.in_memory:
                 return pixel_array(header.dataset, index=index, decoding_plugin=plugin)
-            return pixel_array(f, index=index, decoding_plugin=plugin,
-                               transfer_syntax_uid=header.transfer_syntax)
+            return pixel_array(
+                f, index=index, decoding_plugin=plugin, transfer_syntax_uid=header.transfer_syntax
+            )
         except _INTERRUPTS:
             raise
         except BaseException as exc:  # pylibjpeg-rle (Rust) panics with a BaseException
@@ -196,8 +211,9 @@ def decode_stored(f: BinaryIO, header: DicomHeader, index: int) -> np.ndarray:
     )
 
 
-def to_display(stored: np.ndarray, header: DicomHeader, index: int,
-               window: WindowMode) -> np.ndarray:
+def to_display(
+    stored: np.ndarray, header: DicomHeader, index: int, window: WindowMode
+) -> np.ndarray:
     """Modality LUT, optional VOI LUT/window, MONOCHROME1 inversion; float32 out.
 
     Higher values always mean brighter. Colour images (RGB, palette) get no LUTs.
@@ -210,8 +226,9 @@ def to_display(stored: np.ndarray, header: DicomHeader, index: int,
         ) from exc
 
 
-def _to_display(stored: np.ndarray, header: DicomHeader, index: int,
-                window: WindowMode) -> np.ndarray:
+def _to_display(
+    stored: np.ndarray, header: DicomHeader, index: int, window: WindowMode
+) -> np.ndarray:
     ds = header.dataset
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
@@ -241,8 +258,10 @@ def _read_forced(f: BinaryIO, name: str) -> Dataset:
         raise UnreadableImageError(f"{name}: not a DICOM file ({_why(exc)})") from exc
     if "Rows" not in ds or "Columns" not in ds:
         if "SOPClassUID" in ds:  # a real dataset, just not an image (an RT plan, an SR...)
-            raise UnsupportedImageError(f"{name}: DICOM file without pixel data "
-                                        f"(SOP class {_sop_class(ds)}); it is not an image")
+            raise UnsupportedImageError(
+                f"{name}: DICOM file without pixel data "
+                f"(SOP class {_sop_class(ds)}); it is not an image"
+            )
         raise UnreadableImageError(
             f"{name}: not a DICOM image (no DICM prefix and no image pixel module)"
         )
@@ -264,8 +283,13 @@ def _syntax_of(ds: Dataset, name: str) -> UID:
         implicit, little = ds.original_encoding
         if implicit is None or little is None:
             raise UnreadableImageError(f"{name}: cannot tell the DICOM encoding")
-        ts = (ImplicitVRLittleEndian if implicit
-              else ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        ts = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
         ds.ensure_file_meta()
         ds.file_meta.TransferSyntaxUID = ts
     return UID(ts)
@@ -308,15 +332,19 @@ def _no_pixel_data(f: BinaryIO, ds: Dataset, name: str) -> NoReturn:
     # pydicom stops quietly at EOF, even inside an element: a last element whose declared
     # length runs past the end of the file means the file was cut.
     last = ds.get_item(list(ds.keys())[-1]) if len(ds) else None
-    if (isinstance(last, RawDataElement) and last.length != _UNDEFINED
-            and last.value_tell + last.length > size):
+    if (
+        isinstance(last, RawDataElement)
+        and last.length != _UNDEFINED
+        and last.value_tell + last.length > size
+    ):
         raise UnreadableImageError(f"{name}: truncated: the file ends inside the header")
     sop_class = _sop_class(ds)
     if "Image" in sop_class and "Rows" not in ds:
         # An image object lacking both its pixel module and its pixels was cut off at an
         # element boundary (or damaged), not a legitimate non-image.
-        raise UnreadableImageError(f"{name}: truncated or damaged: a {sop_class} without "
-                                   "Rows, Columns or pixel data")
+        raise UnreadableImageError(
+            f"{name}: truncated or damaged: a {sop_class} without Rows, Columns or pixel data"
+        )
     raise UnsupportedImageError(
         f"{name}: DICOM file without pixel data (SOP class {sop_class}); it is not an image"
     )
@@ -432,8 +460,9 @@ def _modality_range(view: Dataset) -> tuple[float, float]:
     return lo, hi
 
 
-def _apply_window(values: np.ndarray, view: Dataset, lo: float, hi: float,
-                  name: str) -> tuple[np.ndarray, float, float]:
+def _apply_window(
+    values: np.ndarray, view: Dataset, lo: float, hi: float, name: str
+) -> tuple[np.ndarray, float, float]:
     """VOI LUT when present, else the first WindowCenter/Width; a broken one is skipped."""
     seq = view.get("VOILUTSequence")
     try:

@@ -99,17 +99,26 @@ def probe(path: Path) -> ImageInfo:
         with _open_pil(f, name, fmt) as img:
             gray = img.mode in _GRAY_MODES
             return ImageInfo(
-                format=fmt, rows=img.height, cols=img.width, n_frames=1,
+                format=fmt,
+                rows=img.height,
+                cols=img.width,
+                n_frames=1,
                 samples_per_pixel=1 if gray else 3,
                 photometric="MONOCHROME2" if gray else "RGB",
-                transfer_syntax=None, modality=None, patient_id=None, study_uid=None,
-                series_uid=None, sop_uid=None, bits_stored=_BITS.get(img.mode, 8),
+                transfer_syntax=None,
+                modality=None,
+                patient_id=None,
+                study_uid=None,
+                series_uid=None,
+                sop_uid=None,
+                bits_stored=_BITS.get(img.mode, 8),
                 burned_in_annotation=None,
             )
 
 
-def read_pixels(source: Path | bytes, frame: int | None = None,
-                window: WindowMode = WindowMode.AUTO) -> np.ndarray:
+def read_pixels(
+    source: Path | bytes, frame: int | None = None, window: WindowMode = WindowMode.AUTO
+) -> np.ndarray:
     """One frame of ``source`` (a path or the file's bytes) as float32, higher = brighter.
 
     Shape (H, W) for grayscale, (H, W, 3) RGB for colour. For DICOM, ``frame=None`` is the

@@ -41,8 +41,13 @@ StartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 # Runtimes whose thread pools or background threads do not survive fork().
 _FORK_UNSAFE_MODULES = ("torch", "tensorflow", "jax", "sklearn", "mlflow", "cv2")
 # Thread-count knobs of BLAS/OpenMP libraries; read when they are imported in the worker.
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+_THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 # A worker gets ~16 chunks over a job: small enough that the last chunks balance out, large
 # enough that the ~0.2 ms of per-chunk IPC stays negligible.
 _CHUNKS_PER_WORKER = 16
@@ -58,8 +63,9 @@ class LocalExecutor(Executor):
         if workers is not None and workers < 1:
             raise ConfigError(f"executor.workers must be at least 1 (got {workers})")
         if start_method not in ("auto", "fork", "forkserver", "spawn"):
-            raise ConfigError(f"unknown start method {start_method!r}; "
-                              "known: auto, fork, forkserver, spawn")
+            raise ConfigError(
+                f"unknown start method {start_method!r}; known: auto, fork, forkserver, spawn"
+            )
         self.workers = workers or os.cpu_count() or 1
         self._start_method = start_method
         self._resolved_method: str | None = None

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from medops.config import parse_config
 from medops.config.enums import Step
 from medops.errors import ConfigError, DataError, PipelineError, StepFailedError
 from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
@@ -31,6 +32,8 @@ STEPS: dict[Step, StepFn] = {
 
 # Errors that retrying cannot fix: bad data or configuration fail the step at once.
 _NOT_RETRIED = (DataError, ConfigError)
+# Sections a resumed run takes from the current medops.yaml rather than from its snapshot.
+_ENVIRONMENT = ("storage", "executor", "pipeline")
 
 
 def new_run_id() -> str:
@@ -49,10 +52,12 @@ class PipelineRunner:
         run_id = new_run_id()
         self.ws.state.create_run(run_id, trigger, self.ws.config.model_dump(mode="json"),
                                  [s.value for s in Step])
-        return self._execute(run_id, until)
+        return self._execute(self.ws, run_id, until)
 
     def resume(self, run_id: str, until: Step | None = None) -> RunRecord:
-        """Continue ``run_id`` from its first unfinished step."""
+        """Continue ``run_id`` from its first unfinished step, with the configuration it started
+        with; only where things live and run (storage, executor, retries) come from the current
+        medops.yaml, so a run that failed on infrastructure can be fixed and resumed."""
         self.ws.state.mark_dead_runs_interrupted()
         record = self.ws.state.get_run(run_id)
         if record.status is RunStatus.RUNNING:
@@ -61,12 +66,16 @@ class PipelineRunner:
         if all(s.status is StepStatus.SUCCEEDED for s in record.steps):
             raise PipelineError(f"run {record.id} already finished every step; start a new "
                                 "one with `medops run`")
+        current = self.ws.config.model_dump(mode="json")
+        snapshot = parse_config({**record.config, **{k: current[k] for k in _ENVIRONMENT}},
+                                origin=f"the configuration of run {record.id}")
         self.ws.state.claim_run(record.id)
-        return self._execute(record.id, until)
+        ws = self.ws if snapshot == self.ws.config else self.ws.with_config(snapshot)
+        return self._execute(ws, record.id, until)
 
-    def _execute(self, run_id: str, until: Step | None) -> RunRecord:
-        record = self.ws.state.get_run(run_id)
-        ctx = RunContext(ws=self.ws, run_id=run_id, run_dir=self.ws.artifacts / "runs" / run_id,
+    def _execute(self, ws: Workspace, run_id: str, until: Step | None) -> RunRecord:
+        record = ws.state.get_run(run_id)
+        ctx = RunContext(ws=ws, run_id=run_id, run_dir=ws.artifacts / "runs" / run_id,
                          reporter=self.reporter)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         done = {s.name: s for s in record.steps if s.status is StepStatus.SUCCEEDED}
@@ -79,24 +88,25 @@ class PipelineRunner:
                 if step is until:
                     break
         except StepFailedError as exc:
-            self.ws.state.finish_run(run_id, RunStatus.FAILED, str(exc))
+            ws.state.finish_run(run_id, RunStatus.FAILED, str(exc))
             raise
         except BaseException:
             # Ctrl-C or a crash outside a step: leave the run resumable.
-            self.ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted")
+            ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted")
             raise
-        self.ws.state.finish_run(run_id, RunStatus.SUCCEEDED)
-        return self.ws.state.get_run(run_id)
+        ws.state.finish_run(run_id, RunStatus.SUCCEEDED)
+        return ws.state.get_run(run_id)
 
     def _run_step(self, ctx: RunContext, step: Step) -> dict[str, Any]:
-        retries = self.ws.config.pipeline.retries
-        prior = next(s for s in self.ws.state.get_run(ctx.run_id).steps if s.name == step.value)
+        state = ctx.ws.state
+        retries = ctx.config.pipeline.retries
+        prior = next(s for s in state.get_run(ctx.run_id).steps if s.name == step.value)
         attempt = prior.attempts
         ctx.step = step.value
         while True:
             attempt += 1
             started = datetime.now(timezone.utc)
-            self.ws.state.update_step(ctx.run_id, step.value, status=StepStatus.RUNNING,
+            state.update_step(ctx.run_id, step.value, status=StepStatus.RUNNING,
                                       attempts=attempt, started_at=started, error=None)
             self.reporter.step_started(step.value, attempt)
             t0 = time.perf_counter()
@@ -105,7 +115,7 @@ class PipelineRunner:
             except Exception as exc:
                 retry = not isinstance(exc, _NOT_RETRIED) and attempt < retries.attempts
                 text = f"{type(exc).__name__}: {exc}"
-                self.ws.state.update_step(
+                state.update_step(
                     ctx.run_id, step.value, status=StepStatus.FAILED,
                     finished_at=datetime.now(timezone.utc),
                     error=text + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-5:]))
@@ -114,7 +124,7 @@ class PipelineRunner:
                     raise StepFailedError(step.value, attempt, exc) from exc
                 time.sleep(retries.backoff_seconds * attempt)
                 continue
-            self.ws.state.update_step(ctx.run_id, step.value, status=StepStatus.SUCCEEDED,
+            state.update_step(ctx.run_id, step.value, status=StepStatus.SUCCEEDED,
                                       finished_at=datetime.now(timezone.utc), outputs=outputs)
             self.reporter.step_finished(step.value, outputs, time.perf_counter() - t0)
             return outputs

@@ -71,6 +71,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
         tracker.log_metrics(mlrun, {"train_loss": ep.train_loss, "val_loss": ep.val_loss,
                                     "val_auc": ep.val_auc, "val_accuracy": ep.val_accuracy,
                                     "lr": ep.lr, "epoch_seconds": ep.seconds}, step=ep.epoch)
+        ctx.progress(ep.epoch, cfg.train.epochs)
         ctx.message(f"epoch {ep.epoch}: loss {ep.train_loss:.4f} val_auc {ep.val_auc:.4f}"
                     + (" (best)" if ep.best_so_far else ""))
 

@@ -35,17 +35,20 @@ class PreprocessCache:
     def path(self, profile: PreprocessProfile, content_hash: str, frame: int | None = None) -> Path:
         """Where the entry lives (whether or not it exists)."""
         if not _HASH.fullmatch(content_hash):
-            raise ValueError(f"invalid content hash {content_hash!r}: expected 2-128 characters "
-                             "of [0-9A-Za-z_-]")
+            raise ValueError(
+                f"invalid content hash {content_hash!r}: expected 2-128 characters of [0-9A-Za-z_-]"
+            )
         name = content_hash if frame is None else f"{content_hash}_f{int(frame)}"
         return self.root / profile.fingerprint() / content_hash[:2] / f"{name}.npy"
 
-    def contains(self, profile: PreprocessProfile, content_hash: str,
-                 frame: int | None = None) -> bool:
+    def contains(
+        self, profile: PreprocessProfile, content_hash: str, frame: int | None = None
+    ) -> bool:
         return self.path(profile, content_hash, frame).is_file()
 
-    def get(self, profile: PreprocessProfile, content_hash: str,
-            frame: int | None = None) -> np.ndarray | None:
+    def get(
+        self, profile: PreprocessProfile, content_hash: str, frame: int | None = None
+    ) -> np.ndarray | None:
         """The stored array, or None when absent or unreadable (then it is removed)."""
         path = self.path(profile, content_hash, frame)
         try:
@@ -56,8 +59,9 @@ class PreprocessCache:
             path.unlink(missing_ok=True)  # damaged (disk trouble, manual edits): recompute
             return None
 
-    def put(self, profile: PreprocessProfile, content_hash: str, frame: int | None,
-            array: np.ndarray) -> Path:
+    def put(
+        self, profile: PreprocessProfile, content_hash: str, frame: int | None, array: np.ndarray
+    ) -> Path:
         """Store ``array`` atomically; concurrent writers of one entry are harmless."""
         path = self.path(profile, content_hash, frame)
         path.parent.mkdir(parents=True, exist_ok=True)

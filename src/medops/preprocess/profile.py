@@ -73,8 +73,10 @@ def resolve_profile(
     """
     needs_data = cfg.size == "auto" or cfg.channels == "auto"
     if needs_data and not infos:
-        raise DataError("cannot resolve preprocess size/channels 'auto' without any image; "
-                        "set preprocess.size and preprocess.channels explicitly")
+        raise DataError(
+            "cannot resolve preprocess size/channels 'auto' without any image; "
+            "set preprocess.size and preprocess.channels explicitly"
+        )
     if cfg.size == "auto":
         rows = statistics.median(i.rows for i in infos)
         cols = statistics.median(i.cols for i in infos)
@@ -88,5 +90,6 @@ def resolve_profile(
         channels = 3 if colour > len(infos) / 2 else 1
     else:
         channels = cfg.channels
-    return PreprocessProfile(size=size, channels=channels, window=cfg.window,
-                             normalize=cfg.normalize, frames=frames)
+    return PreprocessProfile(
+        size=size, channels=channels, window=cfg.window, normalize=cfg.normalize, frames=frames
+    )

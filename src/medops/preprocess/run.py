@@ -69,11 +69,16 @@ def preprocess_items(
     cache.write_profile(profile)
     pending: dict[tuple[str, int | None], list[PreprocessTask]] = {}
     for task in tasks:
-        if cache.contains(profile, task.content_hash, task.frame):
+        try:
+            cached = cache.contains(profile, task.content_hash, task.frame)
+        except ValueError as exc:  # a malformed content hash: this task's problem only
+            report.failures[task.key] = str(exc)
+            continue
+        if cached:
             report.cached += 1
         else:
             pending.setdefault((task.content_hash, task.frame), []).append(task)
-    done = report.cached
+    done = report.cached + len(report.failures)
     if progress:
         progress(done, total)
     if not pending:
@@ -97,8 +102,13 @@ def preprocess_items(
             "decoder, or out of memory); finished items are cached, so a re-run resumes; "
             "use executor.kind 'serial' to find the item"
         ) from exc
-    log.info("preprocess %s: %d computed, %d cached, %d failed", profile.fingerprint(),
-             report.computed, report.cached, len(report.failures))
+    log.info(
+        "preprocess %s: %d computed, %d cached, %d failed",
+        profile.fingerprint(),
+        report.computed,
+        report.cached,
+        len(report.failures),
+    )
     return report
 
 
@@ -124,8 +134,9 @@ def load_arrays(
     return out
 
 
-def _compute(profile: PreprocessProfile, cache: PreprocessCache,
-             item: tuple[str, int | None, str]) -> str | None:
+def _compute(
+    profile: PreprocessProfile, cache: PreprocessCache, item: tuple[str, int | None, str]
+) -> str | None:
     """Worker side: preprocess one file into the cache; None on success, else the reason."""
     uri, frame, content_hash = item
     try:

@@ -92,7 +92,8 @@ def package_model(model: Classifier, classes: list[str], profile: PreprocessProf
         meta_file.write_text(json.dumps(full, indent=2, sort_keys=True))
         mlflow.pyfunc.save_model(
             path=str(out_dir),
-            python_model=MedopsImageClassifier(),
+            # Models from code: the model folder names medops' class instead of pickling it.
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"weights": str(weights), "meta": str(meta_file)},
             signature=signature,
             # Explicit requirements: MLflow's inference would import-trace the model (slow).

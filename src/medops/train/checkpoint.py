@@ -88,14 +88,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write ``payload`` to ``path`` atomically: a crash leaves the old file or the new one."""
+    """Write ``payload`` to ``path`` atomically: a killed process leaves the old file or the new.
+
+    There is no fsync: it would cost more than the rest of the write, and after a power cut the
+    worst case is an unreadable file, which :func:`load_checkpoint` ignores (training restarts).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
+        torch.save(dict(payload), tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -103,6 +104,8 @@ def save_checkpoint(path: Path, payload: Mapping[str, Any]) -> None:
 
 def load_checkpoint(path: Path, expected_fingerprint: str) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it belongs to this run, else None (and why, in the log)."""
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     if not path.is_file():
         return None
     try:

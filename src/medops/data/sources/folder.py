@@ -51,7 +51,9 @@ class FolderSource:
             return
         base.info = _info_dict(info)
         base.patient_id = patient or (pseudonym(info.patient_id, "pt") if info.patient_id else None)
-        base.study_uid, base.series_uid = info.study_uid, info.series_uid
+        # UIDs identify studies as surely as names do; only their equality is needed here.
+        base.study_uid = pseudonym(info.study_uid, "st") if info.study_uid else None
+        base.series_uid = pseudonym(info.series_uid, "se") if info.series_uid else None
         if fmt is ImageFormat.DICOM and info.n_frames > 1 and self.frames is FrameMode.EACH:
             for frame in range(info.n_frames):
                 yield Item(**{**base.__dict__, "frame": frame, "info": dict(base.info)})

@@ -1,0 +1,115 @@
+"""Training throughput: medops' ``train_model`` against a bare PyTorch loop.
+
+Both train the same model (``build_model`` of the default spec, channels-last), on the same
+in-memory BreastMNIST training set, with the same batch size, AdamW settings, class-weighted
+cross-entropy and number of optimizer steps. The bare loop has no augmentation, validation,
+checkpointing, LR schedule or progress bar; medops runs with all of them as the defaults set
+them (augmentation on, a validation pass, an atomic checkpoint and the progress bar every
+epoch). Runs alternate (bare, medops, bare, medops, ...) so that load from other processes
+hits both alike; the median of each is reported.
+
+    python bench/train_throughput.py --epochs 2 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from medops.config.enums import Device, Normalize
+from medops.config.schema import ModelConfig, TrainConfig
+from medops.train import ArrayData, ModelSpec, build_model, class_weights, train_model
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_NPZ = HERE.parent.parent / "shared" / "data" / "medmnist" / "breastmnist_28.npz"
+
+
+def load(path: Path) -> tuple[ArrayData, ArrayData]:
+    from medmnist_recipe import load as load_npz  # the same preprocessing as the recipe bench
+
+    sets = load_npz(path, Normalize.ZSCORE)
+    return sets["train"], sets["val"]
+
+
+def bare_loop(spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int) -> float:
+    """Images per second of a plain loop doing the same optimizer steps as train_model."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec).to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weight = class_weights(data.y, spec.num_classes)
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    n, bs = len(data), cfg.batch_size
+    seen = 0
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, n, bs):
+            idx = order[i : i + bs]
+            if len(idx) < 2:  # train_model drops a batch of one too
+                continue
+            x = x_all[idx].contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(x), y_all[idx], weight=weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+    return seen / (time.perf_counter() - started)
+
+
+def medops_loop(
+    spec: ModelSpec, train: ArrayData, val: ArrayData, cfg: TrainConfig, progress: bool
+) -> float:
+    """Images per second of train_model, everything included (model build to returned result)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        result = train_model(
+            spec, train, val, cfg, ModelConfig(), checkpoint_dir=Path(tmp), progress=progress
+        )
+        seconds = time.perf_counter() - started
+    assert result.epochs_run == cfg.epochs, "early stopping must not cut the benchmark short"
+    full, rest = divmod(len(train), cfg.batch_size)
+    per_epoch = full * cfg.batch_size + (rest if rest >= 2 else 0)
+    return per_epoch * cfg.epochs / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, val = load(args.npz)
+    cfg = TrainConfig(epochs=args.epochs, patience=args.epochs + 1, device=Device.CPU)
+    spec = ModelSpec(ModelConfig().architecture, train.x.shape[1], int(train.y.max()) + 1, True)
+    steps = args.epochs * -(-len(train) // cfg.batch_size)
+    print(
+        f"{spec.architecture.value} small_input, {len(train)} images {train.x.shape[1:]}, "
+        f"batch {cfg.batch_size}, {args.epochs} epochs ({steps} steps), "
+        f"{torch.get_num_threads()} torch threads; medops with augmentation "
+        f"{'on' if cfg.augment else 'off'}, bare loop without"
+    )
+    bare_loop(spec, train, cfg, 1)  # warm-up: oneDNN picks and caches its kernels
+    bare, medops = [], []
+    for r in range(args.repeats):
+        bare.append(bare_loop(spec, train, cfg, args.epochs))
+        medops.append(medops_loop(spec, train, val, cfg, progress=not args.no_progress))
+        print(f"repeat {r + 1}: bare {bare[-1]:.1f} img/s, medops {medops[-1]:.1f} img/s")
+    b, m = statistics.median(bare), statistics.median(medops)
+    print(f"bare PyTorch loop : {b:.1f} images/s (median of {args.repeats})")
+    print(f"medops train_model: {m:.1f} images/s (median of {args.repeats})")
+    print(f"ratio medops/bare : {m / b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

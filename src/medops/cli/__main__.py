@@ -1,0 +1,5 @@
+"""`python -m medops.cli`."""
+
+from medops.cli.main import main
+
+main()

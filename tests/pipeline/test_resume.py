@@ -1,0 +1,74 @@
+"""kill -9 in the middle of training, then resume: the run continues from the last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from medops.demo.synthetic import SyntheticDataset
+from medops.project import Project
+from medops.storage import RunStatus
+
+from .conftest import FAST, make_project
+
+pytestmark = pytest.mark.slow
+
+MEDOPS = [sys.executable, "-m", "medops.cli"]
+
+
+def _settings(**extra: object) -> list[str]:
+    args: list[str] = []
+    for key, value in {**FAST, "train.epochs": 40, "train.patience": 40, **extra}.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
+def test_kill_9_mid_training_then_resume(project: Project,
+                                         synthetic_dicom: SyntheticDataset) -> None:
+    log = project.root / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*MEDOPS, "run", "-C", str(project.root), *_settings()],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    checkpoints = project.artifacts / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("*/*.pt")):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.2)
+    time.sleep(1.5)  # let it finish another epoch or two
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    state = make_project(project.root).state
+    state.mark_dead_runs_interrupted()
+    killed = state.list_runs()[0]
+    assert killed.status is RunStatus.INTERRUPTED
+    assert {s.name: s.status.value for s in killed.steps}["train"] == "running"
+
+    done = subprocess.run([*MEDOPS, "runs", "resume", killed.id, "-C", str(project.root)],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = state.get_run(killed.id)
+    assert record.status is RunStatus.SUCCEEDED
+    train = next(s for s in record.steps if s.name == "train")
+    assert train.outputs["resumed_from_epoch"] >= 1
+    ingest = next(s for s in record.steps if s.name == "ingest")
+    assert ingest.attempts == 1  # finished steps were not run again
+
+
+def test_resume_refuses_a_finished_run(project: Project) -> None:
+    done = subprocess.run([*MEDOPS, "run", "-C", str(project.root), *_settings(**{
+        "train.epochs": 1})], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    run_id = make_project(project.root).state.list_runs()[0].id
+    again = subprocess.run([*MEDOPS, "runs", "resume", run_id, "-C", str(project.root)],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 6 and "already finished" in again.stdout + again.stderr
