@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -237,6 +237,7 @@ def demo(data: Path | None = typer.Option(None, help="Run on a MedMNIST .npz ins
 
 
 def main() -> None:
-    # MLflow announces its schema migrations at INFO; a CLI user needs none of that.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow announces its schema migrations at INFO and resets its logger's level when it is
+    # imported, so the level is set through the variable MLflow reads; users may override it.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     app()

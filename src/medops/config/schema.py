@@ -106,10 +106,10 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
     patience: int = Field(8, ge=1)  # epochs without a better validation AUC before stopping
     device: Device = Device.AUTO
     seed: int = 0
