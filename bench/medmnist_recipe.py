@@ -26,7 +26,14 @@ import yaml
 from medops.config.enums import Normalize
 from medops.config.schema import ModelConfig, PreprocessConfig, TrainConfig
 from medops.evaluate import compute_metrics
-from medops.train import ArrayData, ModelSpec, predict_proba, resolve_small_input, train_model
+from medops.train import (
+    ArrayData,
+    EpochResult,
+    ModelSpec,
+    predict_proba,
+    resolve_small_input,
+    train_model,
+)
 
 EPS = 1e-6
 
@@ -68,8 +75,16 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _print_epoch(ep: EpochResult) -> None:
+    print(
+        f"  epoch {ep.epoch:2d} loss {ep.train_loss:.4f} val_auc {ep.val_auc:.4f} "
+        f"val_acc {ep.val_accuracy:.3f} {ep.seconds:.0f}s{' *' if ep.best_so_far else ''}",
+        flush=True,
+    )
+
+
 def run_once(
-    path: Path, seed: int, overrides: dict[str, dict[str, Any]], progress: bool
+    path: Path, seed: int, overrides: dict[str, dict[str, Any]], progress: bool, verbose: bool
 ) -> dict[str, Any]:
     pre = PreprocessConfig(**overrides["preprocess"])
     model_cfg = ModelConfig(**overrides["model"])
@@ -98,6 +113,7 @@ def run_once(
             model_cfg,
             checkpoint_dir=Path(tmp),
             progress=progress,
+            on_epoch=_print_epoch if verbose else None,
         )
     probs = predict_proba(result.model, sets["test"].x)
     names = [str(i) for i in range(num_classes)]
@@ -127,6 +143,7 @@ def main() -> None:
         help="override a default, e.g. --set train.lr=3e-3 (for experiments)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     print(
@@ -136,7 +153,9 @@ def main() -> None:
     )
     rows = []
     for seed in args.seeds:
-        row = run_once(args.npz, seed, overrides, progress=not args.no_progress)
+        row = run_once(
+            args.npz, seed, overrides, progress=not args.no_progress, verbose=args.verbose
+        )
         print(json.dumps(row), flush=True)
         rows.append(row)
     if len(rows) > 1:

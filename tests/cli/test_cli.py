@@ -16,8 +16,9 @@ runner = CliRunner()
 
 
 def medops(*args: str) -> tuple[int, str]:
+    """Exit code and what the user sees; with --json, stdout alone (logs go to stderr)."""
     result = runner.invoke(app, list(args))
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if "--json" in args else result.output
 
 
 def test_init_scaffolds_and_refuses_to_overwrite(tmp_path: Path) -> None:

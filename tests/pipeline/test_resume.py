@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,7 @@ MEDOPS = [sys.executable, "-m", "medops.cli"]
 
 def _settings(**extra: object) -> list[str]:
     args: list[str] = []
-    for key, value in {**FAST, "train.epochs": 40, "train.patience": 40, **extra}.items():
+    for key, value in {**FAST, "train.epochs": 12, "train.patience": 12, **extra}.items():
         args += ["--set", f"{key}={json.dumps(value)}"]
     return args
 

@@ -3,9 +3,9 @@
 Recipe: AdamW with ``train.lr`` and ``train.weight_decay``; the learning rate warms up linearly
 over the first epoch and then follows a cosine down to zero at ``train.epochs`` (stepped per
 batch; early stopping may end the run before the end of the cosine). The loss is cross-entropy
-with label smoothing 0.1, weighted by inverse class frequency when ``train.class_weighting``. After every epoch the model
-is scored on the validation set; the best epoch's weights are kept and returned, and training
-stops after ``train.patience`` epochs without a better score.
+with label smoothing 0.1, weighted by inverse class frequency when ``train.class_weighting``.
+After every epoch the model is scored on the validation set; the best epoch's weights are kept
+and returned, and training stops after ``train.patience`` epochs without a better score.
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
 classes present). When the validation set holds fewer than two classes AUC is undefined and the
