@@ -31,6 +31,7 @@ from medops.train import (
     EpochResult,
     ModelSpec,
     predict_proba,
+    resolve_flip_tta,
     resolve_small_input,
     train_model,
 )
@@ -103,6 +104,7 @@ def run_once(
         in_channels=x.shape[1],
         num_classes=num_classes,
         small_input=resolve_small_input(model_cfg, (x.shape[2], x.shape[3])),
+        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(

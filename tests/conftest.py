@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,3 +49,49 @@ def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'state.db'}"
     else:
         yield from _postgres_database()
+
+
+@dataclass
+class TrainedProject:
+    """A project whose model the real pipeline trained and registered once per session."""
+
+    project: Any  # medops.project.Project
+    raw: Path  # its images, three deliberately broken files among them
+    source: str  # the registered version's model artifact
+    run_id: str
+
+    def new_model(self, name: str, versions: int) -> Any:
+        """A registered model ``name`` with ``versions`` versions of the trained artifact."""
+        from medops.registry import ModelRegistry
+
+        registry = ModelRegistry(self.project.tracker.client, name,
+                                 self.project.artifacts / "models")
+        v1 = self.project.registry.get("1")
+        for _ in range(versions):
+            registry.register(self.run_id, self.source, dict(v1.tags))
+        return registry
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory: pytest.TempPathFactory) -> TrainedProject:
+    """One tiny model (resnet18, 32 px, 2 epochs) registered by the real pipeline: seconds."""
+    from medops.demo.synthetic import make_synthetic_dataset
+    from medops.pipeline import PipelineRunner
+    from medops.project import Project
+
+    root = tmp_path_factory.mktemp("trained") / "proj"
+    Project.init(root, name="trained")
+    raw = root / "data" / "raw"
+    make_synthetic_dataset(raw, n_patients=12, images_per_patient=2, size=32,
+                           corrupt_examples=True)
+    project = Project.load(root, TRAINED_OVERRIDES)
+    PipelineRunner(project).run()
+    v1 = project.registry.get("1")
+    return TrainedProject(project, raw, v1.source, v1.run_id or "")
+
+
+TRAINED_OVERRIDES: dict[str, Any] = {
+    "train.epochs": 2, "train.patience": 2, "preprocess.size": [32, 32],
+    "executor.workers": 2, "gate.min": 0.0, "data.split.val": 0.25, "data.split.test": 0.25,
+    "pipeline.retries.backoff_seconds": 0.0,
+}

@@ -16,7 +16,13 @@ the offending value and, where there is one, the fix::
     │   └── StepFailedError         a step raised after all its retries
     ├── TrainingError               training cannot proceed
     │   └── WeightsUnavailableError pretrained weights cannot be loaded (offline, bad file)
-    └── RegistryError               MLflow tracking or the model registry refused an operation
+    ├── RegistryError               MLflow tracking or the model registry refused an operation
+    │   └── SignOffError            an approval, rejection or rollback the model's state forbids
+    ├── RequestError                an HTTP request the server cannot accept (bad body or type)
+    │   ├── PayloadTooLargeError    the request body or an image is over the configured limit
+    │   ├── UnsupportedMediaError   a content type the endpoint does not take
+    │   └── AuthenticationError     a missing or wrong bearer token
+    └── UnavailableError            the server is not ready yet (no model loaded); retry later
 
 The CLI maps these to exit codes in one place (:data:`EXIT_CODES`).
 """
@@ -91,6 +97,30 @@ class WeightsUnavailableError(TrainingError):
 
 class RegistryError(MedopsError):
     """MLflow tracking or the model registry failed."""
+
+
+class SignOffError(RegistryError):
+    """A sign-off that the model's current state forbids (e.g. rejecting the live champion)."""
+
+
+class RequestError(MedopsError):
+    """An HTTP request the server cannot accept."""
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body, or an image in it, exceeds the configured limit."""
+
+
+class UnsupportedMediaError(RequestError):
+    """The request's content type is not one the endpoint takes."""
+
+
+class AuthenticationError(RequestError):
+    """The request lacks the configured bearer token or carries a wrong one."""
+
+
+class UnavailableError(MedopsError):
+    """The service cannot answer yet (e.g. no model is loaded); retrying later may work."""
 
 
 #: Exit codes of the CLI, most specific class first; anything else exits 1.

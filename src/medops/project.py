@@ -6,6 +6,8 @@ component needs is handed to it here.
 
 from __future__ import annotations
 
+import os
+import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +17,7 @@ from medops.errors import ConfigError
 from medops.storage import StateStore, local_path, sqlalchemy_url
 
 if TYPE_CHECKING:  # torch and MLflow load only when a command needs them
+    from medops.data.ingest import IngestReport, IngestSettings
     from medops.executor import Executor
     from medops.registry import ModelRegistry, Tracker
 
@@ -82,6 +85,33 @@ class Project:
         return ModelRegistry(self.tracker.client, self.config.model_name,
                              self.artifacts / "models")
 
+    @cached_property
+    def landing_dir(self) -> Path:
+        """Where files from network sources are written, one folder per source."""
+        return self.artifacts.parent / "landing"
+
+    @cached_property
+    def ingest_settings(self) -> IngestSettings:
+        """Selection rules and the de-identifier every network source goes through."""
+        from medops.data.ingest import IngestSettings
+
+        deid = self.config.data.deid
+        return IngestSettings.from_config(self.config.data,
+                                          self._deid_secret() if deid.enabled else None)
+
+    def _deid_secret(self) -> bytes:
+        """The variable ``data.deid.secret_env`` if set, else a secret made once in a file."""
+        from medops.config import resolve_path
+
+        cfg = self.config.data.deid
+        value = os.environ.get(cfg.secret_env, "")
+        if value:
+            if len(value) < 16:
+                raise ConfigError(f"{cfg.secret_env} holds {len(value)} characters; the "
+                                  "de-identification secret needs at least 16")
+            return value.encode()
+        return read_or_create_secret(resolve_path(self.root, cfg.secret_file))
+
     def executor(self) -> Executor:
         from medops.executor import make_executor
 
@@ -92,6 +122,29 @@ class Project:
             self.state.close()
 
 
+def read_or_create_secret(path: Path) -> bytes:
+    """The secret in ``path``, created (owner-only, exclusively) on first use."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # complete or absent, and never replaces a secret in use
+        except FileExistsError:
+            pass  # another process made it first: theirs is the one
+        finally:
+            tmp.unlink()
+    secret = path.read_text().strip()
+    if len(secret) < 16:
+        raise ConfigError(f"{path} holds a de-identification secret shorter than 16 characters; "
+                          "delete it to have a new one made (UIDs will then map differently)")
+    return secret.encode()
+
+
 def _project_name(folder: str) -> str:
     import re
 
@@ -99,8 +152,50 @@ def _project_name(folder: str) -> str:
     return name[:63]
 
 
-def import_source(project: Project, path: Path) -> dict[str, int | str]:
-    """Add the items of a .npz file or a folder to the project's catalog (no run is started)."""
+def import_source(project: Project, source: str | Path | None,
+                  name: str | None = None, events: Path | None = None) -> dict[str, Any]:
+    """Add items to the project's catalog (no run is started): a .npz file, a folder, a
+    source URI (s3://..., an http(s) DICOMweb root, healthimaging://...) or ``name``, a source
+    of data.sources; ``events``: a JSON file of HealthImaging EventBridge events naming the
+    image sets to fetch."""
+    if name is not None or events is not None:
+        return import_remote(project, source if isinstance(source, str) else None, name,
+                             events).to_dict()
+    if isinstance(source, str) and "://" in source:
+        return import_remote(project, source).to_dict()
+    if source is None:
+        raise ConfigError("nothing to import: give a file, a folder, a URI or --source NAME")
+    return import_local(project, Path(source))
+
+
+def import_remote(project: Project, uri: str | None, name: str | None = None,
+                  events: Path | None = None) -> IngestReport:
+    """Poll a remote source from its stored cursor and ingest what is new."""
+    from medops.data.ingest import ingest_remote
+    from medops.data.sources.factory import make_remote_source, remote_config_for_uri
+
+    settings = project.ingest_settings  # a bad secret or rule fails before any download
+    if name is not None:
+        sources = project.config.data.sources
+        if name not in sources:
+            raise ConfigError(f"--source {name!r}: no data.sources.{name} in medops.yaml; "
+                              f"the configured sources are {sorted(sources) or 'none'}")
+        cfg = sources[name]
+    else:
+        name, cfg = remote_config_for_uri(uri or "")
+    source = make_remote_source(name, cfg)
+    if events is not None:
+        from medops.data.sources.healthimaging import HealthImagingSource, load_events
+
+        if not isinstance(source, HealthImagingSource):
+            raise ConfigError(f"--event: source {name!r} is a {cfg.kind} source; events are "
+                              "HealthImaging EventBridge events (kind: healthimaging)")
+        source = source.for_events(load_events(events))
+    return ingest_remote(source, project.state, project.landing_dir, settings)
+
+
+def import_local(project: Project, path: Path) -> dict[str, Any]:
+    """Add the items of a .npz file or a folder to the project's catalog."""
     from medops.data.sources import FolderSource, NpzSource, Source
 
     path = path.resolve()
@@ -111,8 +206,8 @@ def import_source(project: Project, path: Path) -> dict[str, int | str]:
         cfg = project.config.data
         source = FolderSource(path, cfg.labels, cfg.frames, csv_root=project.root)
     else:
-        raise ConfigError(f"cannot import {path}: expected a MedMNIST .npz file or a folder of "
-                          "DICOM/PNG/JPEG images")
+        raise ConfigError(f"cannot import {path}: expected a MedMNIST .npz file, a folder of "
+                          "DICOM/PNG/JPEG images, an s3:// or http(s):// URI, or --source NAME")
     items = list(source.list_items())
     new, changed = project.state.upsert_items(items)
     project.state.add_event("data.arrived", {"source": source.name, "new": new,

@@ -5,15 +5,23 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 from torch import nn
 
 from medops.config.enums import Architecture
-from medops.config.schema import ModelConfig
+from medops.config.schema import AugmentConfig, ModelConfig
 from medops.errors import ConfigError, WeightsUnavailableError
-from medops.train import Classifier, ModelSpec, build_model, resolve_small_input
+from medops.train import (
+    Classifier,
+    ModelSpec,
+    build_model,
+    predict_proba,
+    resolve_flip_tta,
+    resolve_small_input,
+)
 
 # building these takes seconds (tens of millions of parameters): one build each is enough
 _BIG = {Architecture.EFFICIENTNET_B5, Architecture.EFFICIENTNET_B6, Architecture.EFFICIENTNET_B7}
@@ -49,10 +57,10 @@ def test_small_input_stems() -> None:
     resnet = build_model(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True))
     assert _conv(resnet, "conv1").kernel_size == (3, 3)
     assert _conv(resnet, "conv1").stride == (1, 1)
-    assert isinstance(resnet.backbone.get_submodule("maxpool"), nn.Identity)
+    assert isinstance(resnet.backbone.get_submodule("maxpool"), nn.MaxPool2d)
     dense = build_model(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True))
     assert _conv(dense, "features.conv0").stride == (1, 1)
-    assert isinstance(dense.backbone.get_submodule("features.pool0"), nn.Identity)
+    assert isinstance(dense.backbone.get_submodule("features.pool0"), nn.MaxPool2d)
     mobile = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True))
     assert _conv(mobile, "features.0.0").stride == (1, 1)
     assert _conv(mobile, "features.0.0").in_channels == 1
@@ -68,6 +76,45 @@ def test_spec_round_trips_through_json() -> None:
         ModelSpec.from_dict({**spec.to_dict(), "architecture": "resnet19"})
     with pytest.raises(ConfigError):
         ModelSpec(Architecture.RESNET18, 2, 5, True)
+
+
+def test_flip_tta_averages_the_mirror_in_eval_mode_only() -> None:
+    torch.manual_seed(0)
+    plain = build_model(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False))
+    tta = build_model(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False, flip_tta=True))
+    tta.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 1, 32, 32)
+    plain.eval(), tta.eval()
+    with torch.inference_mode():
+        expected = (plain(x) + plain(x.flip(-1))) / 2
+        torch.testing.assert_close(tta(x), expected)
+        # a prediction no longer depends on which way round the image is
+        torch.testing.assert_close(tta(x.flip(-1)), tta(x))
+        assert not torch.allclose(plain(x), plain(x.flip(-1)))
+    # what inference and the packaged model call goes through the same forward
+    probs = predict_proba(tta, x.numpy())
+    np.testing.assert_allclose(probs, torch.softmax(expected, 1).numpy(), rtol=1e-5, atol=1e-6)
+    tta.train(), plain.train()
+    torch.manual_seed(1)
+    a = tta(x)
+    torch.manual_seed(1)
+    assert torch.allclose(a, plain(x))  # training sees the images as given
+
+
+def test_flip_tta_in_spec_and_config() -> None:
+    spec = ModelSpec(Architecture.RESNET18, 1, 2, True, flip_tta=True)
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    # a model saved before flips and the max-pool of the small-input stem is rebuilt as it was
+    old = {k: v for k, v in spec.to_dict().items() if k not in ("flip_tta", "small_input_pool")}
+    rebuilt = ModelSpec.from_dict(old)
+    assert rebuilt.flip_tta is False and rebuilt.small_input_pool is False
+    assert isinstance(build_model(rebuilt).backbone.get_submodule("maxpool"), nn.Identity)
+    auto = ModelConfig()
+    assert resolve_flip_tta(auto, AugmentConfig()) is True
+    assert resolve_flip_tta(auto, AugmentConfig(hflip=False)) is False
+    assert resolve_flip_tta(auto, None) is False
+    assert resolve_flip_tta(ModelConfig(flip_tta=False), AugmentConfig()) is False
+    assert resolve_flip_tta(ModelConfig(flip_tta=True), None) is True
 
 
 def test_resolve_small_input() -> None:

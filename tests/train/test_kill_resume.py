@@ -38,6 +38,7 @@ print("RESULT " + json.dumps({
     "resumed": result.resumed_from_epoch,
     "epochs": [h.epoch for h in result.history],
     "losses": [h.train_loss for h in result.history],
+    "val_aucs": [h.val_auc for h in result.history],
     "best_epoch": result.best_epoch,
 }), flush=True)
 """
@@ -89,6 +90,8 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
     uninterrupted = _finish(script, tmp_path / "fresh")
     assert uninterrupted["resumed"] is None
     assert resumed["losses"] == pytest.approx(uninterrupted["losses"], rel=1e-4)
+    # and it validated the same weight average (the EMA is part of the checkpoint)
+    assert resumed["val_aucs"] == pytest.approx(uninterrupted["val_aucs"], abs=1e-6)
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
 
     again = _finish(script, ckpt)  # finished: returns at once, nothing trained

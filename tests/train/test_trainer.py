@@ -25,6 +25,7 @@ from medops.train import (
     train_model,
 )
 from medops.train.augment import BatchAugmenter
+from medops.train.ema import WeightEMA
 from medops.train.scoring import auc_score
 
 # one thread: on a small shared machine OpenMP threads that spin-wait on each other cost more
@@ -224,3 +225,54 @@ def test_nan_loss_is_a_training_error(
             tiny_spec, broken, val_set, FAST, ModelConfig(), checkpoint_dir=tmp_path, progress=False
         )
     assert not math.isnan(FAST.lr)
+
+
+def test_weight_ema_averages_steps() -> None:
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = WeightEMA(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)  # step 1: the decay is min(0.9, 2 / 11), so the average moves 9/11 of the way
+    torch.testing.assert_close(ema.state["weight"], torch.full((1, 2), 9 / 11))
+    for _ in range(200):
+        ema.update(net)
+    torch.testing.assert_close(ema.state["weight"], torch.ones(1, 2))
+    restored = WeightEMA(net, decay=0.9)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 201
+    torch.testing.assert_close(restored.state["weight"], ema.state["weight"])
+
+
+def test_the_weight_average_is_validated_and_returned(
+    tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData, val_set: ArrayData
+) -> None:
+    cfg = FAST.model_copy(update={"epochs": 2, "ema_epochs": 2.0})
+    result = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    best = ckpt["best_state"] if ckpt["best_state"] is not None else ckpt["ema"]["state"]
+    returned = result.model.state_dict()
+    for key, value in best.items():
+        torch.testing.assert_close(returned[key], value.to(returned[key].dtype))
+    # the average is not the last step's weights
+    assert not torch.allclose(returned["head.weight"], ckpt["model"]["head.weight"])
+    probs = predict_proba(result.model, val_set.x)
+    assert auc_score(val_set.y, probs) == pytest.approx(result.best_val_auc, abs=1e-6)
+
+    off = train_model(
+        tiny_spec,
+        train_set,
+        val_set,
+        cfg.model_copy(update={"ema_epochs": None}),
+        ModelConfig(),
+        checkpoint_dir=tmp_path / "off",
+        progress=False,
+    )
+    plain = torch.load(tmp_path / "off" / "last.pt", weights_only=True)
+    assert plain["ema"] is None
+    assert [h.train_loss for h in off.history] == pytest.approx(
+        [h.train_loss for h in result.history], rel=1e-5
+    )  # the average does not change what is trained, only what is scored

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from medops.config.agent import AgentConfig, NotifyConfig, Triggers, default_triggers
 from medops.config.enums import (
     Approval,
     Architecture,
@@ -20,6 +21,8 @@ from medops.config.enums import (
     SourceKind,
     WindowMode,
 )
+from medops.config.ingest import DeidConfig, SelectConfig
+from medops.config.sources import RemoteSourceConfig
 
 
 class _Strict(BaseModel):
@@ -64,9 +67,11 @@ class SplitConfig(_Strict):
 
 class DataConfig(_Strict):
     source: SourceConfig | None = SourceConfig()
+    sources: dict[str, RemoteSourceConfig] = Field(default_factory=dict)  # by name
     labels: LabelsConfig = LabelsConfig()
     frames: FrameMode = FrameMode.MIDDLE
-    deidentify: bool = True
+    select: SelectConfig = SelectConfig()
+    deid: DeidConfig = DeidConfig()
     split: SplitConfig = SplitConfig()
     min_items_per_class: int = Field(2, ge=1)
 
@@ -94,6 +99,8 @@ class ModelConfig(_Strict):
     pretrained: bool = False
     weights: str | None = None  # a local weights file; used instead of downloading when set
     small_input: bool | Literal["auto"] = "auto"  # a stride-1 stem for images under 64 px
+    # average each prediction with that of the mirrored image; auto: when training flips
+    flip_tta: bool | Literal["auto"] = "auto"
 
 
 class AugmentConfig(_Strict):
@@ -115,6 +122,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     class_weighting: bool = True
     augment: AugmentConfig | None = AugmentConfig()
+    # EMA of the weights over about this many epochs is what is validated and kept; None: off
+    ema_epochs: float | None = Field(1.0, gt=0.0)
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
 
 
@@ -151,6 +160,21 @@ class PipelineConfig(_Strict):
     retries: RetryConfig = RetryConfig()
 
 
+class ServeConfig(_Strict):
+    """`medops serve`: the real-time endpoint (SageMaker-compatible on port 8080)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    model: str | None = None  # NAME@alias or NAME/VERSION; default "<registry name>@champion"
+    max_batch: int = Field(32, ge=1, le=1024)  # images per forward pass
+    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)  # wait for a batch to fill
+    poll_seconds: float = Field(10.0, gt=0.0)  # how often the alias is checked for a new version
+    token_env: str | None = None  # env var holding the bearer token; None: no auth
+    max_body_mb: float = Field(32.0, gt=0.0)
+    max_image_pixels: int = Field(50_000_000, ge=1)  # rows x cols x frames, checked pre-decode
+    capture: bool = True  # append predictions to the capture store for monitoring
+
+
 PROJECT_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -165,6 +189,10 @@ class MedopsConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     executor: ExecutorConfig = ExecutorConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    triggers: Triggers = Field(default_factory=default_triggers)  # see config/agent.py
+    agent: AgentConfig = AgentConfig()
+    notify: NotifyConfig = NotifyConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def model_name(self) -> str:

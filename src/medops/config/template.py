@@ -16,7 +16,21 @@ data:
   #             patient_column: patient}}
   labels: {{from: folder-names}}
   frames: middle          # multi-frame DICOM: middle frame, or `each` frame as its own item
-  deidentify: true
+  # Which DICOM instances become items (empty: all). Checked when this file is loaded.
+  #   select: {{modality: [CR, DX], body_part: [CHEST], series_description: "(?i)pa|ap",
+  #            image_type: [ORIGINAL], min_rows: 256, min_columns: 256,
+  #            ranges: {{SliceThickness: {{max: 5}}}}}}
+  select: {{}}
+  # De-identification (DICOM PS3.15 Basic Profile) of everything network sources bring in.
+  # UIDs are remapped with a project secret: the variable secret_env, else a file made once.
+  deid:
+    enabled: true
+    secret_env: MEDOPS_DEID_SECRET
+    secret_file: .medops/deid-secret
+    date_shift: false     # true: shift dates by a per-patient number of days instead
+    max_shift_days: 365
+    keep_private: []      # private tags "(0019,100A)" or private creator names to keep
+    allow_burned_in: false  # false: BurnedInAnnotation=YES images are quarantined
   # Patient-level, stratified, seeded split. An item keeps its split forever, even as data grows.
   split: {{val: 0.1, test: 0.2, group_by: patient, seed: 0}}
   min_items_per_class: 2
@@ -61,6 +75,32 @@ executor: {{kind: local, workers: null}}    # process pool; null = one worker pe
 
 pipeline:
   retries: {{attempts: 2, backoff_seconds: 1.0}}
+
+# `medops serve`: the live model over HTTP (SageMaker contract: /ping, /invocations).
+serve:
+  host: 127.0.0.1         # 0.0.0.0 in a container
+  port: 8080
+  model: null             # NAME@alias or NAME/VERSION; null = <registry name>@champion
+  max_batch: 32           # images per forward pass (dynamic micro-batching)
+  max_wait_ms: 5          # how long a batch may wait to fill while requests are arriving
+  poll_seconds: 10        # how often the alias is checked; a new version is swapped in live
+  token_env: null         # env variable holding a bearer token; null = no authentication
+  max_body_mb: 32
+  max_image_pixels: 50000000  # rows x columns x frames, refused before decoding
+  capture: true           # store predictions, statistics and embeddings for monitoring
+
+# `medops agent`: what starts a retraining run (decisions: `medops events ls`).
+triggers:
+  - {{on: run.requested}}     # `medops agent request`, `medops run --via-agent`
+  - {{on: data.arrived, min_new_items: 100, debounce: 1m}}  # new labelled items since the champion's
+  - {{on: drift.detected}}
+  # - {{on: schedule, cron: "0 3 1 * *"}}   # or every: 1d
+agent:
+  cooldown: 10m           # automatic triggers wait this long after a run ends
+  watch: true             # import files landing in data.source as they arrive
+  source_poll: 1m         # how often data.sources are polled
+notify:
+  urls: []                # apprise URLs: mailto://..., slack://..., msteams://..., json://...
 """
 
 

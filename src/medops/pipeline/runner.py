@@ -54,6 +54,17 @@ class PipelineRunner:
                                  [s.value for s in Step])
         return self._execute(self.ws, run_id, until)
 
+    def start(self, run_id: str, until: Step | None = None) -> RunRecord:
+        """Execute ``run_id`` from its first unfinished step, with the configuration it was
+        created with; the caller has taken it (``state.take_run``). The agent creates a run in
+        the transaction that claims its event, so no crash can start one event's run twice."""
+        record = self.ws.state.get_run(run_id)
+        current = self.ws.config.model_dump(mode="json")
+        snapshot = parse_config({**record.config, **{k: current[k] for k in _ENVIRONMENT}},
+                                origin=f"the configuration of run {record.id}")
+        ws = self.ws if snapshot == self.ws.config else self.ws.with_config(snapshot)
+        return self._execute(ws, run_id, until)
+
     def resume(self, run_id: str, until: Step | None = None) -> RunRecord:
         """Continue ``run_id`` from its first unfinished step, with the configuration it started
         with; only where things live and run (storage, executor, retries) come from the current

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from medops.config import Approval
 from medops.data.manifest import load_manifest
 from medops.evaluate import compute_metrics, plot_confusion_matrix, plot_roc_curves
 from medops.pipeline.context import RunContext
@@ -16,8 +17,15 @@ from medops.pipeline.gate import decide
 from medops.pipeline.lineage import lineage
 from medops.pipeline.steps_data import manifest_tasks, run_profile
 from medops.preprocess import PreprocessCache, PreprocessProfile, load_arrays, preprocess_items
-from medops.registry import CANDIDATE, CHAMPION, package_model
-from medops.train import ArrayData, ModelSpec, build_model, predict_proba, resolve_small_input
+from medops.registry import CANDIDATE, CHAMPION, ModelLifecycle, package_model
+from medops.train import (
+    ArrayData,
+    ModelSpec,
+    build_model,
+    predict_proba,
+    resolve_flip_tta,
+    resolve_small_input,
+)
 from medops.train import train_model as fit
 
 WEIGHTS = "model.pt"
@@ -50,7 +58,8 @@ def train(ctx: RunContext) -> dict[str, Any]:
     classes: list[str] = ctx.out("split", "classes")
     spec = ModelSpec(architecture=cfg.model.architecture, in_channels=profile.channels,
                      num_classes=len(classes),
-                     small_input=resolve_small_input(cfg.model, profile.size))
+                     small_input=resolve_small_input(cfg.model, profile.size),
+                     flip_tta=resolve_flip_tta(cfg.model, cfg.train.augment))
     train_data, val_data = _arrays(ctx, "train", profile), _arrays(ctx, "val", profile)
     # Checkpoints are keyed by everything that shapes training, so `medops run` after a crash
     # continues where the killed process stopped, and a finished identical training is reused.
@@ -60,7 +69,9 @@ def train(ctx: RunContext) -> dict[str, Any]:
     ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
 
     tracker, mlrun = ctx.ws.tracker, ctx.mlflow_run()
-    tracker.log_params(mlrun, {**_flat("", cfg.model_dump(mode="json", exclude={"storage"})),
+    # notify.urls hold webhook tokens and passwords: never an MLflow param.
+    params = cfg.model_dump(mode="json", exclude={"storage", "notify", "agent", "triggers"})
+    tracker.log_params(mlrun, {**_flat("", params),
                                "dataset_version": ctx.out("split", "dataset_version"),
                                "preprocess_profile": profile.to_json(),
                                "n_train": len(train_data.y), "n_val": len(val_data.y),
@@ -187,7 +198,13 @@ def register(ctx: RunContext) -> dict[str, Any]:
                        {"run_id": ctx.run_id, "dataset_version": dataset, "alias": CANDIDATE,
                         "gate": verdict["reasons"]})
     ctx.ws.tracker.end_run(mlrun)
+    approval = "pending"
+    if ctx.config.registry.approval is Approval.AUTO:
+        ModelLifecycle(ctx.ws.registry, ctx.ws.state).auto_approve(version.version,
+                                                                    verdict["reasons"])
+        approval = "approved"
+        ctx.message(f"v{version.version} approved automatically: it is the live {CHAMPION}")
     return {"registered": True, "name": name, "version": version.version, "alias": CANDIDATE,
-            "model_uri": f"models:/{name}@{CANDIDATE}"}
+            "model_uri": f"models:/{name}@{CANDIDATE}", "approval": approval}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,6 +84,23 @@ class ModelRegistry:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(version), key, value)
 
+    def set_alias(self, alias: str, version: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_registered_model_alias(self.name, alias, str(version))
+        except MlflowException as exc:
+            raise RegistryError(f"could not point {self.name}@{alias} at v{version}: "
+                                f"{exc}") from exc
+
+    def delete_alias(self, alias: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.delete_registered_model_alias(self.name, alias)
+        except MlflowException as exc:
+            raise RegistryError(f"could not delete {self.name}@{alias}: {exc}") from exc
+
     def download(self, version: str) -> Path:
         """The model folder of ``version``, downloaded once into the local cache."""
         import mlflow.artifacts
@@ -91,15 +109,27 @@ class ModelRegistry:
         if (target / "MLmodel").is_file():
             return target
         info = self.get(version)
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        # A folder of its own per download: two servers (or threads) fetching the same
+        # version at once must not delete each other's half-written files.
+        tmp = target.with_name(f"{target.name}.partial-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=info.source, dst_path=str(tmp),
-                                            tracking_uri=self.client._tracking_client.tracking_uri)
-        inner = next(p.parent for p in tmp.rglob("MLmodel"))
-        shutil.rmtree(target, ignore_errors=True)
-        inner.rename(target)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=info.source, dst_path=str(tmp),
+                tracking_uri=self.client._tracking_client.tracking_uri)
+            inner = next((p.parent for p in tmp.rglob("MLmodel")), None)
+            if inner is None:
+                raise RegistryError(f"{self.name} version {version}: no MLmodel file under "
+                                    f"{info.source}; the version's artifacts are incomplete")
+            if not (target / "MLmodel").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                try:
+                    inner.rename(target)
+                except OSError:  # another download finished first: use its copy
+                    if not (target / "MLmodel").is_file():
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def load(self, version: str) -> LoadedModel:

@@ -3,6 +3,9 @@
 from medops.storage.locations import local_path, sqlalchemy_url
 from medops.storage.records import (
     AuditEntry,
+    DecisionStatus,
+    DeploymentRecord,
+    EventDecision,
     EventRecord,
     Item,
     ItemStatus,
@@ -16,6 +19,9 @@ from medops.storage.state import StateStore
 
 __all__ = [
     "AuditEntry",
+    "DecisionStatus",
+    "DeploymentRecord",
+    "EventDecision",
     "EventRecord",
     "Item",
     "ItemStatus",

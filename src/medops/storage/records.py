@@ -100,6 +100,28 @@ class EventRecord:
     created_at: datetime
     idempotency_key: str | None = None
     id: int | None = None
+    decision: EventDecision | None = None  # filled by StateStore.event_log / open_events
+
+
+class DecisionStatus(StrEnum):
+    """Where the agent is with an event. No decision row at all: not seen yet."""
+
+    WAITING = "waiting"  # debounced, cooling down or behind a running run: decided again later
+    CLAIMED = "claimed"  # its run exists and is not finished
+    HANDLED = "handled"  # done; never looked at again
+
+
+@dataclass
+class EventDecision:
+    """What the agent decided about one event, and why."""
+
+    event_id: int
+    status: DecisionStatus
+    decision: str  # started, coalesced, skipped, debounced, cooldown, waiting, ignored, ...
+    reason: str
+    updated_at: datetime
+    run_id: str | None = None
+    notified: bool = False
 
 
 @dataclass
@@ -110,3 +132,20 @@ class AuditEntry:
     details: dict[str, Any]
     at: datetime
     id: int | None = None
+
+
+@dataclass
+class DeploymentRecord:
+    """One period during which a model version was the live ``champion``."""
+
+    model: str
+    version: str
+    live_from: datetime
+    live_until: datetime | None  # None: still live
+    actor: str
+    note: str
+    action: str  # what made it live: approve, auto-approve, rollback
+    id: int | None = None
+
+    def live_at(self, at: datetime) -> bool:
+        return self.live_from <= at and (self.live_until is None or at < self.live_until)

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    or_,
     select,
     update,
 )
@@ -35,6 +37,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from medops.errors import DependencyMissingError, NotFoundError, StoreError
 from medops.storage.records import (
     AuditEntry,
+    DecisionStatus,
+    DeploymentRecord,
+    EventDecision,
     EventRecord,
     Item,
     ItemStatus,
@@ -120,6 +125,29 @@ class _Event(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class _EventDecision(_Base):
+    """The agent's processing state of one event (see :class:`EventDecision`)."""
+
+    __tablename__ = "event_decisions"
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"),
+                                          primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    decision: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _Cursor(_Base):
+    """Where each polled source stopped: stored only once what it covers is ingested."""
+
+    __tablename__ = "cursors"
+    source: Mapped[str] = mapped_column(String(255), primary_key=True)
+    cursor: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class _Audit(_Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -128,6 +156,20 @@ class _Audit(_Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class _Deployment(_Base):
+    """Which version was live when: MLflow aliases only know the present."""
+
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(255), index=True)
+    version: Mapped[str] = mapped_column(String(32))
+    live_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    live_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(255))
+    note: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(32))
 
 
 def _aware(dt: datetime | None) -> datetime | None:
@@ -175,6 +217,11 @@ class StateStore:
     def close(self) -> None:
         self._engine.dispose()
 
+    @property
+    def engine(self) -> Engine:
+        """The engine, for tables kept in their own modules (e.g. storage/received.py)."""
+        return self._engine
+
     @contextmanager
     def _tx(self) -> Iterator[Session]:
         with self._session.begin() as session:
@@ -188,16 +235,20 @@ class StateStore:
     # -- runs and steps -------------------------------------------------------------------
     def create_run(self, run_id: str, trigger: str, config: dict[str, Any],
                    steps: Sequence[str]) -> RunRecord:
-        now = utcnow()
         with self._tx() as s:
-            s.add(_Run(id=run_id, status=RunStatus.RUNNING.value, trigger=trigger,
-                       config=config, started_at=now, pid=os.getpid(),
-                       host=socket.gethostname()))
-            s.flush()
-            for seq, name in enumerate(steps):
-                s.add(_Step(run_id=run_id, name=name, seq=seq,
-                            status=StepStatus.PENDING.value, attempts=0, outputs={}))
+            self._add_run(s, run_id, trigger, config, steps)
         return self.get_run(run_id)
+
+    @staticmethod
+    def _add_run(s: Session, run_id: str, trigger: str, config: dict[str, Any],
+                 steps: Sequence[str]) -> None:
+        s.add(_Run(id=run_id, status=RunStatus.RUNNING.value, trigger=trigger,
+                   config=config, started_at=utcnow(), pid=os.getpid(),
+                   host=socket.gethostname()))
+        s.flush()
+        for seq, name in enumerate(steps):
+            s.add(_Step(run_id=run_id, name=name, seq=seq,
+                        status=StepStatus.PENDING.value, attempts=0, outputs={}))
 
     def get_run(self, run_id: str) -> RunRecord:
         with self._tx() as s:
@@ -221,6 +272,18 @@ class StateStore:
             s.execute(update(_Run).where(_Run.id == run_id).values(
                 status=RunStatus.RUNNING.value, pid=os.getpid(), host=socket.gethostname(),
                 finished_at=None, error=None))
+
+    def take_run(self, run_id: str, status: RunStatus, pid: int | None = None) -> bool:
+        """Compare-and-set: mark ``run_id`` running in this process only if it is still
+        ``status`` (and held by ``pid``, when given). False: someone else has it."""
+        with self._tx() as s:
+            q = update(_Run).where(_Run.id == run_id, _Run.status == status.value)
+            if pid is not None:
+                q = q.where(_Run.pid == pid)
+            result = s.execute(q.values(status=RunStatus.RUNNING.value, pid=os.getpid(),
+                                        host=socket.gethostname(), finished_at=None,
+                                        error=None))
+            return bool(getattr(result, "rowcount", 0) == 1)
 
     def finish_run(self, run_id: str, status: RunStatus, error: str | None = None) -> None:
         with self._tx() as s:
@@ -337,6 +400,26 @@ class StateStore:
                 if key not in known:
                     s.add(_SplitGroup(group_key=key, split=split.value, assigned_at=now))
 
+    # -- source cursors -------------------------------------------------------------------
+    def get_cursor(self, source: str) -> str | None:
+        with self._tx() as s:
+            row = s.get(_Cursor, source)
+            return row.cursor if row else None
+
+    def set_cursor(self, source: str, cursor: str) -> None:
+        with self._tx() as s:
+            row = s.get(_Cursor, source)
+            if row is None:
+                s.add(_Cursor(source=source, cursor=cursor, updated_at=utcnow()))
+            else:
+                row.cursor, row.updated_at = cursor, utcnow()
+
+    def cursors(self) -> dict[str, tuple[str, datetime]]:
+        """{source: (cursor, updated_at)}."""
+        with self._tx() as s:
+            return {r.source: (r.cursor, _aware(r.updated_at) or utcnow())
+                    for r in s.scalars(select(_Cursor).order_by(_Cursor.source))}
+
     # -- events and audit -----------------------------------------------------------------
     def add_event(self, kind: str, payload: dict[str, Any],
                   idempotency_key: str | None = None) -> EventRecord | None:
@@ -362,6 +445,93 @@ class StateStore:
                                 idempotency_key=e.idempotency_key, id=e.id)
                     for e in s.scalars(q)]
 
+    # -- event decisions (the agent's processing state; see medops.agent) ---------------------
+    def decide_event(self, event_id: int, status: DecisionStatus, decision: str, reason: str,
+                     run_id: str | None = None) -> None:
+        """Record what was decided about ``event_id``, replacing an earlier decision."""
+        with self._tx() as s:
+            self._put_decision(s, event_id, status, decision, reason, run_id)
+
+    def claim_events_for_run(self, run_id: str, trigger: str, config: dict[str, Any],
+                             steps: Sequence[str], claims: dict[int, tuple[str, str]]) -> bool:
+        """Create run ``run_id`` and claim events for it ({event id: (decision, reason)}) in
+        one transaction, so a crash leaves both or neither. False if the run already exists."""
+        try:
+            with self._tx() as s:
+                self._add_run(s, run_id, trigger, config, steps)
+                for event_id, (decision, reason) in claims.items():
+                    self._put_decision(s, event_id, DecisionStatus.CLAIMED, decision, reason,
+                                       run_id)
+        except IntegrityError:
+            return False
+        return True
+
+    def release_claims(self, run_id: str) -> None:
+        """The events claimed by ``run_id`` are handled (its run finished)."""
+        with self._tx() as s:
+            s.execute(update(_EventDecision).where(
+                _EventDecision.run_id == run_id,
+                _EventDecision.status == DecisionStatus.CLAIMED.value,
+            ).values(status=DecisionStatus.HANDLED.value, updated_at=utcnow()))
+
+    def mark_notified(self, event_id: int) -> None:
+        with self._tx() as s:
+            s.execute(update(_EventDecision).where(_EventDecision.event_id == event_id)
+                      .values(notified=True))
+
+    def open_events(self, after_id: int = 0, limit: int = 1000) -> list[EventRecord]:
+        """Events not yet handled (never seen, waiting or claimed), oldest first."""
+        return self._events_joined(
+            lambda q: q.where(_Event.id > after_id, or_(
+                _EventDecision.event_id.is_(None),
+                _EventDecision.status != DecisionStatus.HANDLED.value)).order_by(_Event.id),
+            limit)
+
+    def unnotified_events(self, kinds: Sequence[str], limit: int = 1000) -> list[EventRecord]:
+        """Decided events of ``kinds`` whose notification was not sent yet, oldest first."""
+        return self._events_joined(
+            lambda q: q.where(_Event.kind.in_(list(kinds)),
+                              _EventDecision.notified.is_(False)).order_by(_Event.id), limit)
+
+    def event_log(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
+        """Events, newest first, each with the agent's decision when there is one."""
+        return self._events_joined(
+            lambda q: (q.where(_Event.kind == kind) if kind else q).order_by(_Event.id.desc()),
+            limit)
+
+    def run_ids(self, status: RunStatus) -> list[str]:
+        with self._tx() as s:
+            return list(s.scalars(select(_Run.id).where(_Run.status == status.value)))
+
+    def last_run_finished_at(self) -> datetime | None:
+        with self._tx() as s:
+            return _aware(s.scalar(select(func.max(_Run.finished_at))))
+
+    def _events_joined(self, shape: Any, limit: int) -> list[EventRecord]:
+        with self._tx() as s:
+            q = select(_Event, _EventDecision).outerjoin(
+                _EventDecision, _EventDecision.event_id == _Event.id)
+            rows = s.execute(shape(q).limit(limit)).all()
+            return [EventRecord(kind=e.kind, payload=e.payload,
+                                created_at=_aware(e.created_at) or utcnow(),
+                                idempotency_key=e.idempotency_key, id=e.id,
+                                decision=None if d is None else EventDecision(
+                                    event_id=d.event_id, status=DecisionStatus(d.status),
+                                    decision=d.decision, reason=d.reason, run_id=d.run_id,
+                                    notified=bool(d.notified),
+                                    updated_at=_aware(d.updated_at) or utcnow()))
+                    for e, d in rows]
+
+    @staticmethod
+    def _put_decision(s: Session, event_id: int, status: DecisionStatus, decision: str,
+                      reason: str, run_id: str | None) -> None:
+        row = s.get(_EventDecision, event_id)
+        if row is None:
+            row = _EventDecision(event_id=event_id, notified=False)
+            s.add(row)
+        row.status, row.decision, row.reason = status.value, decision, reason
+        row.run_id, row.updated_at = run_id, utcnow()
+
     def audit(self, action: str, actor: str, target: str, details: dict[str, Any]) -> None:
         with self._tx() as s:
             s.add(_Audit(at=utcnow(), actor=actor, action=action, target=target, details=details))
@@ -374,6 +544,39 @@ class StateStore:
             return [AuditEntry(action=a.action, actor=a.actor, target=a.target,
                                details=a.details, at=_aware(a.at) or utcnow(), id=a.id)
                     for a in s.scalars(q)]
+
+    # -- deployments ----------------------------------------------------------------------
+    def record_deployment(self, model: str, version: str, actor: str, note: str, action: str,
+                          at: datetime | None = None) -> DeploymentRecord:
+        """``version`` of ``model`` is live from ``at`` (now); the live one before it ends then."""
+        at = at or utcnow()
+        with self._tx() as s:
+            s.execute(update(_Deployment).where(_Deployment.model == model,
+                                                _Deployment.live_until.is_(None))
+                      .values(live_until=at))
+            row = _Deployment(model=model, version=version, live_from=at, live_until=None,
+                              actor=actor, note=note, action=action)
+            s.add(row)
+            s.flush()
+            return self._deployment(row)
+
+    def deployments(self, model: str) -> list[DeploymentRecord]:
+        """Every period a version of ``model`` was live, oldest first."""
+        with self._tx() as s:
+            q = select(_Deployment).where(_Deployment.model == model).order_by(_Deployment.id)
+            return [self._deployment(r) for r in s.scalars(q)]
+
+    def live_deployment(self, model: str, at: datetime | None = None) -> DeploymentRecord | None:
+        """The deployment of ``model`` live at ``at`` (now), or None."""
+        at = at or utcnow()
+        return next((d for d in reversed(self.deployments(model)) if d.live_at(at)), None)
+
+    @staticmethod
+    def _deployment(r: _Deployment) -> DeploymentRecord:
+        return DeploymentRecord(model=r.model, version=r.version,
+                                live_from=_aware(r.live_from) or utcnow(),
+                                live_until=_aware(r.live_until), actor=r.actor, note=r.note,
+                                action=r.action, id=r.id)
 
 
 def _pid_alive(pid: int) -> bool:

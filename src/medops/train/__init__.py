@@ -1,6 +1,12 @@
 """Training: torchvision classifiers for medical images, a resumable trainer, and inference."""
 
-from medops.train.architectures import Classifier, ModelSpec, build_model, resolve_small_input
+from medops.train.architectures import (
+    Classifier,
+    ModelSpec,
+    build_model,
+    resolve_flip_tta,
+    resolve_small_input,
+)
 from medops.train.device import resolve_device
 from medops.train.predict import embed, predict_proba
 from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
@@ -16,6 +22,7 @@ __all__ = [
     "embed",
     "predict_proba",
     "resolve_device",
+    "resolve_flip_tta",
     "resolve_small_input",
     "train_model",
 ]

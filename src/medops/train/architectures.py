@@ -6,11 +6,16 @@ Every :class:`~medops.config.enums.Architecture` is a torchvision model with thr
   which keeps a grey image's response equal to the same image in RGB);
 * the ImageNet head is replaced by a linear layer for ``num_classes`` (behind the family's own
   dropout for EfficientNet and MobileNet);
-* ``small_input`` removes the early downsampling that throws away most of a 28 px image:
-  ResNet and DenseNet get a stride-1 3x3 stem without the max-pool (as the MedMNIST ResNets),
-  EfficientNet and MobileNet keep their 3x3 stem but with stride 1.
+* ``small_input`` halves the early downsampling, which would throw away most of a 28 px image:
+  ResNet and DenseNet get a stride-1 3x3 stem in place of the stride-2 7x7 one and keep their
+  max-pool (2x before the first block instead of 4x); EfficientNet and MobileNet keep their 3x3
+  stem but with stride 1. Removing the max-pool too (as the MedMNIST ResNets do) scored no
+  better on BreastMNIST and costs 3.3x the compute at 28 px (docs/benchmarks.md).
 
 A :class:`ModelSpec` is all it takes to rebuild the network; it is stored with every model.
+With ``flip_tta`` the network in eval mode returns the mean of the logits of the image and of its
+left-right mirror (one forward pass of both): validation, evaluation, the packaged model and
+serving all go through ``forward``, so they score the same predictions.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import torchvision
 from torch import nn
 
 from medops.config.enums import Architecture
-from medops.config.schema import ModelConfig
+from medops.config.schema import AugmentConfig, ModelConfig
 from medops.errors import ConfigError, WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,9 @@ class ModelSpec:
     in_channels: int
     num_classes: int
     small_input: bool
+    flip_tta: bool = False
+    # models saved before the small-input stem kept the max-pool were built without it
+    small_input_pool: bool = True
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -67,12 +75,22 @@ class ModelSpec:
                 in_channels=int(data["in_channels"]),
                 num_classes=int(data["num_classes"]),
                 small_input=bool(data["small_input"]),
+                # absent from specs written before test-time flips existed
+                flip_tta=bool(data.get("flip_tta", False)),
+                small_input_pool=bool(data.get("small_input_pool", False)),
             )
         except KeyError as e:
             raise ConfigError(f"model spec {dict(data)!r} lacks the key {e}") from e
         except ValueError as e:
             known = ", ".join(a.value for a in Architecture)
             raise ConfigError(f"model spec {dict(data)!r} is invalid: {e} (known: {known})") from e
+
+
+def resolve_flip_tta(cfg: ModelConfig, augment: AugmentConfig | None) -> bool:
+    """``model.flip_tta`` made concrete: ``auto`` is on when training augments with flips."""
+    if cfg.flip_tta == "auto":
+        return augment is not None and augment.hflip
+    return bool(cfg.flip_tta)
 
 
 def resolve_small_input(cfg: ModelConfig, image_size: tuple[int, int]) -> bool:
@@ -95,8 +113,11 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, shape (N, num_classes)."""
-        return self.head(self.backbone(x))
+        """Logits, shape (N, num_classes); in eval mode flip-averaged when ``spec.flip_tta``."""
+        if self.training or not self.spec.flip_tta:
+            return self.head(self.backbone(x))
+        logits = self.head(self.backbone(torch.cat([x, x.flip(-1)])))
+        return (logits[: len(x)] + logits[len(x) :]) / 2
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape (N, F): the input of the head."""
@@ -111,7 +132,7 @@ class _Family:
     head: str  # attribute path of the module replaced by nn.Identity in the backbone
     head_dropout: float  # dropout before the new linear head (the family's own value)
     small_stem_kernel: int | None  # new kernel size for small input, None: keep the kernel
-    pool: str | None  # the max-pool removed for small input
+    pool: str | None  # the max-pool after the stem (removed in specs without small_input_pool)
 
 
 _RESNET = _Family("conv1", "fc", 0.0, 3, "maxpool")
@@ -191,7 +212,7 @@ def _adapt(net: nn.Module, family: _Family, spec: ModelSpec) -> int:
     if spec.small_input:
         kernel = family.small_stem_kernel or kernel
         stride = 1
-        if family.pool is not None:
+        if family.pool is not None and not spec.small_input_pool:
             _set(net, family.pool, nn.Identity())
     if (
         spec.in_channels != old.in_channels

@@ -2,8 +2,10 @@
 
 Flips, rotation, translation and scale are folded into one affine matrix per image and applied
 with a single ``grid_sample`` call, so a batch costs one resampling pass whatever is enabled (and
-none when nothing geometric is). Intensity jitter is a per-image contrast factor and brightness
-offset, sized for images normalised per image (z-score or [0, 1]).
+none when nothing geometric is). Shifts are whole pixels, so flips and shifts alone resample
+exactly; rotation and scaling interpolate, which blurs small images. Intensity jitter is a
+per-image contrast factor and brightness offset, sized for images normalised per image (z-score
+or [0, 1]).
 
 The random parameters come from a CPU generator the caller seeds, so a run is reproducible on
 any device and a resumed run draws the same numbers as an uninterrupted one.
@@ -37,7 +39,9 @@ class BatchAugmenter:
         """An augmented copy of ``x``; ``generator`` is a CPU generator."""
         n = x.shape[0]
         if self._geometric:
-            theta = self._affine(n, generator).to(device=x.device, dtype=x.dtype)
+            theta = self._affine(n, (x.shape[-2], x.shape[-1]), generator).to(
+                device=x.device, dtype=x.dtype
+            )
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             # border padding: zeros would paint a frame that z-scored images never contain
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -48,7 +52,7 @@ class BatchAugmenter:
             x = torch.addcmul(brightness.to(x), x, contrast.to(x))
         return x
 
-    def _affine(self, n: int, g: torch.Generator) -> torch.Tensor:
+    def _affine(self, n: int, size: tuple[int, int], g: torch.Generator) -> torch.Tensor:
         """(N, 2, 3) matrices mapping output to input coordinates in [-1, 1]."""
         cfg = self.cfg
 
@@ -58,7 +62,11 @@ class BatchAugmenter:
         angle = uniform(-1.0, 1.0, n) * math.radians(cfg.rotate_degrees)
         # affine_grid maps output to input, so zooming in by s means sampling 1/s of the field
         scale = 1.0 / uniform(cfg.scale[0], cfg.scale[1], n)
-        shift = uniform(-1.0, 1.0, n, 2) * (2 * cfg.translate)  # [-1, 1] spans two units
+        # whole pixels: a shift by whole pixels resamples exactly, a fractional one blurs, and
+        # at 28 px that blur is a difference between training and test images
+        h, w = size
+        pixels = torch.round(uniform(-1.0, 1.0, n, 2) * cfg.translate * torch.tensor([w, h]))
+        shift = 2 * pixels / torch.tensor([w, h])  # [-1, 1] spans the side
         sx = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if cfg.hflip else 1.0
         sy = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if cfg.vflip else 1.0
         cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale

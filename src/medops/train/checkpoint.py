@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
 #: Bumped when the checkpoint layout changes, so an old file is ignored rather than misread.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: Rows of the data hashed into the fingerprint: enough to tell data sets apart, cheap for 1e6.
 _SAMPLED_ROWS = 64

@@ -19,6 +19,7 @@ resumed run sees the same batches as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -47,6 +48,7 @@ from medops.train.checkpoint import (
     set_rng_state,
 )
 from medops.train.device import resolve_device
+from medops.train.ema import WeightEMA
 from medops.train.progress import TrainProgress
 from medops.train.scoring import ValScore, seed_everything, validate
 
@@ -223,6 +225,13 @@ class _Run:
         weight = class_weights(train.y, spec.num_classes) if cfg.class_weighting else None
         self.loss_weight = weight.to(device) if weight is not None else None
         self.augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
+        self.ema: WeightEMA | None = None
+        self.scored_model: nn.Module = self.model
+        if cfg.ema_epochs is not None:
+            decay = 1.0 - 1.0 / max(1.0, cfg.ema_epochs * self.steps_per_epoch)
+            self.ema = WeightEMA(self.model, decay)
+            # validation runs on a second network holding the average, so training is untouched
+            self.scored_model = copy.deepcopy(self.model)
         self.x_train = torch.from_numpy(train.x)
         self.y_train = torch.from_numpy(train.y)
         self.history: list[EpochResult] = []
@@ -276,8 +285,10 @@ class _Run:
         started = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss = self._train_one_epoch(epoch, advance)
+        if self.ema is not None:
+            self.scored_model.load_state_dict(self.ema.state)
         score = validate(
-            self.model,
+            self.scored_model,
             self.val.x,
             self.val.y,
             device=self.device,
@@ -289,7 +300,9 @@ class _Run:
         best = value > self.best_score
         if best:
             self.best_score, self.best_epoch = value, epoch
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self._state().items()}
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self._scored().items()
+            }
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -325,6 +338,8 @@ class _Run:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             total += loss.detach() * len(idx)  # no .item() here: it would sync a GPU per batch
             seen += len(idx)
             advance(1)
@@ -347,6 +362,10 @@ class _Run:
     def _state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
+    def _scored(self) -> dict[str, torch.Tensor]:
+        """The weights that are validated and may be returned: the EMA when there is one."""
+        return self.ema.state if self.ema is not None else self.model.state_dict()
+
     # -- checkpoints ---------------------------------------------------------------------
 
     def _save(self, epoch: int, *, finished: bool, stopped_early: bool) -> None:
@@ -360,9 +379,10 @@ class _Run:
                 "finished": finished,
                 "stopped_early": stopped_early,
                 "model": self._state(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                # the current weights are the best ones half the time: do not write them twice
+                # the scored weights are the best ones half the time: do not write them twice
                 "best_state": None if best_is_current else self.best_state,
                 "best_score": self.best_score,
                 "best_epoch": self.best_epoch,
@@ -379,6 +399,8 @@ class _Run:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
         self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
         self.best_score = float(ckpt["best_score"])
         self.best_epoch = int(ckpt["best_epoch"])
@@ -386,7 +408,7 @@ class _Run:
         self.best_state = (
             best
             if best is not None
-            else {k: v.detach().to("cpu", copy=True) for k, v in ckpt["model"].items()}
+            else {k: v.detach().to("cpu", copy=True) for k, v in self._scored().items()}
         )
         set_rng_state(ckpt["rng"])
         self._finished = bool(ckpt["finished"])

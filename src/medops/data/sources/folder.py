@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from medops.config.enums import FrameMode, LabelsFrom
 from medops.config.schema import LabelsConfig
-from medops.data.hashing import file_sha256, pseudonym
-from medops.data.images import ImageFormat, ImageInfo, probe, sniff_format
-from medops.errors import ConfigError, DataError, LabelError
-from medops.storage.records import Item, ItemStatus
+from medops.data.hashing import pseudonym
+from medops.data.items import items_for_file
+from medops.errors import ConfigError, LabelError
+from medops.storage.records import Item
 
 _IGNORED = {".csv", ".txt", ".md", ".json", ".yaml", ".yml", ".ds_store"}
 
@@ -35,30 +35,16 @@ class FolderSource:
                 continue
             yield from self._items_for(path)
 
+    def items_for_paths(self, paths: Iterable[Path]) -> Iterator[Item]:
+        """The items of just these files (a folder watch imports what landed, not it all)."""
+        for path in sorted(set(paths)):
+            if (path.is_file() and path.is_relative_to(self.root)
+                    and not path.name.startswith(".") and path.suffix.lower() not in _IGNORED):
+                yield from self._items_for(path)
+
     def _items_for(self, path: Path) -> Iterator[Item]:
-        rel = path.relative_to(self.root).as_posix()
-        digest = file_sha256(path)
-        base = Item(uri=str(path), content_hash=digest, source=self.name)
-        try:
-            base.label, patient = self._label_and_patient(rel)
-            fmt = sniff_format(path)
-            if fmt is None:
-                raise DataError("not a DICOM, PNG or JPEG file")
-            info = probe(path)
-        except DataError as exc:
-            base.status, base.reason = ItemStatus.QUARANTINED, str(exc)
-            yield base
-            return
-        base.info = _info_dict(info)
-        base.patient_id = patient or (pseudonym(info.patient_id, "pt") if info.patient_id else None)
-        # UIDs identify studies as surely as names do; only their equality is needed here.
-        base.study_uid = pseudonym(info.study_uid, "st") if info.study_uid else None
-        base.series_uid = pseudonym(info.series_uid, "se") if info.series_uid else None
-        if fmt is ImageFormat.DICOM and info.n_frames > 1 and self.frames is FrameMode.EACH:
-            for frame in range(info.n_frames):
-                yield Item(**{**base.__dict__, "frame": frame, "info": dict(base.info)})
-        else:
-            yield base
+        label, patient = self._label_and_patient(path.relative_to(self.root).as_posix())
+        yield from items_for_file(path, self.name, label, self.frames, patient)
 
     def _label_and_patient(self, rel: str) -> tuple[str | None, str | None]:
         if self._csv is not None:
@@ -90,9 +76,3 @@ class FolderSource:
                 )
         return out
 
-
-def _info_dict(info: ImageInfo) -> dict[str, object]:
-    return {"format": str(info.format), "rows": info.rows, "cols": info.cols,
-            "frames": info.n_frames, "samples": info.samples_per_pixel,
-            "photometric": info.photometric, "transfer_syntax": info.transfer_syntax,
-            "modality": info.modality}

@@ -1,0 +1,310 @@
+"""Serving throughput and latency: a bare forward loop, `medops serve`, `mlflow models serve`.
+
+One run on loopback, the same registered model for all three:
+
+(a) bare: ``preprocess_bytes`` + ``predict_proba`` on one image at a time, in a loop, in this
+    process -- no HTTP, no batching: the floor for a single request's latency;
+(b) ``medops serve`` (a subprocess; micro-batching, capture on as by default);
+(c) ``mlflow models serve -m models:/NAME@champion --env-manager local`` (a subprocess, its
+    defaults), fed the pyfunc's documented input: ``dataframe_split`` JSON with the file bytes
+    base64-encoded in the binary column ``image``.
+
+(b) and (c) are driven by the same asyncio + httpx load generator: C concurrent clients, each
+sending the next request when its answer arrives, for a fixed time per level after a warm-up.
+Every request sends the same DICOM file (pydicom's CT_small.dcm, 128x128, resized by the
+model's profile). Both servers' answers are checked against the bare model's probabilities.
+
+    .venv/bin/python bench/serve_bench.py --seconds 10 --levels 1 8 64
+
+Without ``--project`` a throwaway project is made: synthetic DICOM, one epoch of resnet18 at
+``--size``, registered and made champion, as the pipeline does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Result:
+    variant: str
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+    server_cores: float | None = None  # CPU seconds per second the server obtained
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+def make_project(root: Path, size: int) -> Any:
+    from medops.demo.synthetic import make_synthetic_dataset
+    from medops.pipeline import PipelineRunner
+    from medops.project import Project
+    from medops.registry import CHAMPION
+
+    Project.init(root, name="bench")
+    shutil.rmtree(root / "data" / "raw")
+    make_synthetic_dataset(root / "data" / "raw", n_patients=12, images_per_patient=3,
+                           size=size)
+    project = Project.load(root, {"train.epochs": 1, "preprocess.size": [size, size],
+                                  "gate.min": 0.0, "executor.workers": 2,
+                                  "data.split.val": 0.2, "data.split.test": 0.25})
+    record = PipelineRunner(project).run()
+    if record.status.value != "succeeded":
+        raise SystemExit(f"pipeline failed: {record.error}")
+    project.registry.client.set_registered_model_alias(project.config.model_name, CHAMPION,
+                                                       project.registry.versions()[0].version)
+    return project
+
+
+def bare_loop(loaded: Any, blob: bytes, seconds: float) -> Result:
+    from medops.preprocess import preprocess_bytes
+    from medops.train import predict_proba
+
+    for _ in range(20):  # warm-up
+        predict_proba(loaded.model, preprocess_bytes(blob, loaded.profile)[None])
+    latencies = []
+    started, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        t = time.perf_counter()
+        predict_proba(loaded.model, preprocess_bytes(blob, loaded.profile)[None])
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - started
+    return Result("bare forward loop", 1, len(latencies), 0, wall, latencies,
+                  (time.process_time() - cpu) / wall)
+
+
+async def drive(url: str, body: bytes, headers: dict[str, str], clients: int, seconds: float,
+                warmup: float, variant: str) -> Result:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def worker(until: float, record: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < until:
+                t = time.perf_counter()
+                try:
+                    r = await client.post(url, content=body, headers=headers)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if record:
+                    if ok:
+                        latencies.append(time.perf_counter() - t)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker(time.perf_counter() + warmup, False)
+                               for _ in range(clients)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + seconds, True) for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return Result(variant, clients, len(latencies), errors, elapsed, latencies)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every live process in the process group ``pgid``."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def measured(proc: Any, run: Any) -> Result:
+    """Run the load ``run`` (a coroutine) and note the CPU the server's process group used."""
+    before, started = group_cpu_seconds(proc.pid), time.perf_counter()
+    result: Result = asyncio.run(run)
+    result.server_cores = (group_cpu_seconds(proc.pid) - before) / (
+        time.perf_counter() - started)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(cmd: list[str], env: dict[str, str], ping: str, timeout: float = 120) -> Any:
+    fd, log = tempfile.mkstemp(prefix="serve-bench-", suffix=".log")
+    # Own process group: mlflow starts helpers that would outlive a plain kill.
+    proc = subprocess.Popen(cmd, env=env, stdout=fd, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    os.close(fd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(ping, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop(proc)
+    raise SystemExit(f"{' '.join(cmd)} not ready after {timeout:.0f} s; see {log}")
+
+
+def stop(proc: Any) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def check(answer: np.ndarray, expected: np.ndarray, variant: str) -> None:
+    if not np.allclose(answer, expected, atol=1e-5):
+        raise SystemExit(f"{variant} answered {answer}, the model says {expected}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--project", type=Path, help="an existing project with a champion")
+    parser.add_argument("--size", type=int, default=64, help="image side of the made model")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads in all three (OMP_NUM_THREADS for the "
+                        "servers): the same for each, and 1 keeps OpenMP from spinning when "
+                        "the cores are shared")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+    from pydicom.data import get_testdata_file
+
+    from medops.project import Project
+    from medops.registry import CHAMPION
+
+    tmp = None
+    if args.project:
+        project = Project.load(args.project)
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+        project = make_project(tmp / "proj", args.size)
+    name = project.config.model_name
+    champion = project.registry.by_alias(CHAMPION)
+    if champion is None:
+        raise SystemExit(f"{name} has no champion; approve a version first")
+    loaded = project.registry.load(champion.version)
+    blob = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    expected = loaded.predict_images([blob])[0]
+    print(f"model {name} v{champion.version}: {loaded.model.spec.architecture}, profile "
+          f"{loaded.profile.size} x{loaded.profile.channels}; load {os.getloadavg()}",
+          flush=True)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    results = [bare_loop(loaded, blob, args.seconds)]
+    print(_row(results[-1]), flush=True)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+
+    port = free_port()
+    medops = start([str(VENV_BIN / "medops"), "serve", "-C", str(project.root), "--port",
+                    str(port)], env, f"http://127.0.0.1:{port}/ping")
+    try:
+        url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
+        headers = {"content-type": "application/dicom"}
+        answer = httpx.post(url, content=blob, headers=headers).json()["predictions"][0]
+        check(np.array([answer["probabilities"][c] for c in loaded.classes]), expected,
+              "medops serve")
+        for c in args.levels:
+            results.append(measured(medops, drive(url, blob, headers, c, args.seconds,
+                                                  args.warmup, "medops serve")))
+            print(_row(results[-1]), flush=True)
+    finally:
+        stop(medops)
+
+    port = free_port()
+    tracking = project.tracker.tracking_uri
+    mlflow = start([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                    f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-h", "127.0.0.1",
+                    "-p", str(port)], {**env, "MLFLOW_TRACKING_URI": tracking},
+                   f"http://127.0.0.1:{port}/ping", timeout=180)
+    try:
+        url = f"http://127.0.0.1:{port}/invocations"
+        payload = json.dumps({"dataframe_split": {
+            "columns": ["image"], "data": [[base64.b64encode(blob).decode()]]}}).encode()
+        headers = {"content-type": "application/json"}
+        answer = httpx.post(url, content=payload, headers=headers).json()["predictions"][0]
+        check(np.array([answer[f"p_{c}"] for c in loaded.classes]), expected, "mlflow serve")
+        for c in args.levels:
+            results.append(measured(mlflow, drive(url, payload, headers, c, args.seconds,
+                                                  args.warmup, "mlflow models serve")))
+            print(_row(results[-1]), flush=True)
+    finally:
+        stop(mlflow)
+
+    print(f"\nload average after: {os.getloadavg()}\n")
+    print(table(results, args.levels))
+    if args.json:
+        args.json.write_text(json.dumps([{**r.__dict__, "latencies": None, "rps": r.rps,
+                                          "p50_ms": r.pct(50), "p99_ms": r.pct(99)}
+                                         for r in results], indent=2))
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _row(r: Result) -> str:
+    cores = "-" if r.server_cores is None else f"{r.server_cores:.2f}"
+    return (f"| {r.variant} | {r.clients} | {r.rps:.1f} | {r.pct(50):.2f} | {r.pct(99):.2f} "
+            f"| {r.errors} | {cores} |")
+
+
+def table(results: list[Result], levels: list[int]) -> str:
+    lines = ["| variant | clients | requests/s | p50 ms | p99 ms | errors | cores used |",
+             "|---|---|---|---|---|---|---|", *(_row(r) for r in results)]
+    by = {(r.variant, r.clients): r for r in results}
+    top = max(levels)
+    med, mlf = by.get(("medops serve", top)), by.get(("mlflow models serve", top))
+    if med and mlf:
+        lines.append(f"\nthroughput medops / mlflow at {top} clients: "
+                     f"**{med.rps / mlf.rps:.1f}x** (goal >= 3x)")
+    one, bare = by.get(("medops serve", 1)), results[0]
+    if one:
+        lines.append(f"p50 overhead of medops serve over the bare forward at 1 client: "
+                     f"**{one.pct(50) - bare.pct(50):.2f} ms** (goal <= 5 ms; bare p50 "
+                     f"{bare.pct(50):.2f} ms)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

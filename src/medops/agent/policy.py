@@ -1,0 +1,170 @@
+"""The retraining policy: given the trigger events not yet handled, start a run or say why not.
+
+Rules, in order, for each event:
+
+1. no trigger in medops.yaml for its kind (or schedule name) -> handled, ``ignored``;
+2. a pipeline is already running (one per project) -> a schedule firing is ``skipped``, anything
+   else ``waiting`` and decided again when the run ends;
+3. within ``agent.cooldown`` of the last run's end -> a schedule firing is ``skipped``, data and
+   drift wait (``cooldown``); a person's ``run.requested`` is never held back by the cooldown;
+4. ``data.arrived``: ``debounced`` until the trigger's quiet time after the newest arrival has
+   passed, then the "sufficient data?" check: at least ``min_new_items`` new labelled valid items
+   since the champion's dataset, else ``skipped`` with the count;
+5. everything still standing wants a run: one run starts for the first such event and the others
+   are ``coalesced`` into it.
+
+The policy only decides; :mod:`medops.agent.loop` writes the decisions and starts the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from medops.agent.newdata import NewData
+from medops.config.agent import (
+    AgentConfig,
+    DataArrivedTrigger,
+    DriftTrigger,
+    RunRequestedTrigger,
+    ScheduleTrigger,
+    Trigger,
+)
+from medops.config.enums import StrEnum
+from medops.storage import DecisionStatus, EventRecord
+
+DATA_ARRIVED = "data.arrived"
+DRIFT_DETECTED = "drift.detected"
+RUN_REQUESTED = "run.requested"
+SCHEDULE_FIRED = "schedule.fired"
+TRIGGER_EVENTS = (DATA_ARRIVED, DRIFT_DETECTED, RUN_REQUESTED, SCHEDULE_FIRED)
+
+
+class Verdict(StrEnum):
+    STARTED = "started"  # a run was started for this event
+    RESUMED = "resumed"  # its run was interrupted (agent restart) and continues
+    COALESCED = "coalesced"  # covered by the run another event started
+    SKIPPED = "skipped"  # no run, final (too little data, already running, cooldown)
+    DEBOUNCED = "debounced"  # waiting for the quiet time after the newest arrival
+    COOLDOWN = "cooldown"  # waiting for the cooldown after the last run
+    WAITING = "waiting"  # waiting for the running pipeline to end
+    IGNORED = "ignored"  # no trigger configured for it
+    RECORDED = "recorded"  # not a trigger (run.finished, model.approved, ...): kept for history
+    FINISHED = "finished"  # its run ended without finishing every step
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: DecisionStatus
+    verdict: Verdict
+    reason: str
+
+
+@dataclass
+class Outcome:
+    decisions: dict[int, Decision] = field(default_factory=dict)  # events decided now, no run
+    start: list[tuple[EventRecord, str]] = field(default_factory=list)  # [0] starts the run
+    wake_at: datetime | None = None  # when a waiting event must be looked at again
+
+
+def when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Policy:
+    def __init__(self, triggers: Sequence[Trigger], agent: AgentConfig) -> None:
+        self.triggers = list(triggers)
+        self.cooldown = timedelta(seconds=agent.cooldown)
+
+    def trigger_for(self, event: EventRecord) -> Trigger | None:
+        for t in self.triggers:
+            if ((event.kind == DATA_ARRIVED and isinstance(t, DataArrivedTrigger))
+                    or (event.kind == DRIFT_DETECTED and isinstance(t, DriftTrigger))
+                    or (event.kind == RUN_REQUESTED and isinstance(t, RunRequestedTrigger))
+                    or (event.kind == SCHEDULE_FIRED and isinstance(t, ScheduleTrigger)
+                        and event.payload.get("schedule") == t.key)):
+                return t
+        return None
+
+    def decide(self, events: Sequence[EventRecord], now: datetime, running: str | None,
+               last_finished: datetime | None,
+               new_items: Callable[[], NewData]) -> Outcome:
+        """Decide about ``events`` (trigger events not claimed by a run), oldest first."""
+        out = Outcome()
+        arrivals: list[tuple[EventRecord, DataArrivedTrigger]] = []
+        cooling_until = last_finished + self.cooldown if last_finished else None
+        if cooling_until is not None and cooling_until <= now:
+            cooling_until = None
+        for event in events:
+            assert event.id is not None
+            trigger = self.trigger_for(event)
+            scheduled = event.kind == SCHEDULE_FIRED
+            if trigger is None:
+                what = (f"schedule {event.payload.get('schedule')!r}" if scheduled
+                        else f"`on: {event.kind}`")
+                out.decisions[event.id] = Decision(DecisionStatus.HANDLED, Verdict.IGNORED,
+                                                   f"no {what} trigger in medops.yaml")
+            elif running is not None:
+                out.decisions[event.id] = (
+                    Decision(DecisionStatus.HANDLED, Verdict.SKIPPED,
+                             f"run {running} is already running")
+                    if scheduled else
+                    Decision(DecisionStatus.WAITING, Verdict.WAITING,
+                             f"run {running} is running; decided again when it ends"))
+            elif cooling_until is not None and event.kind != RUN_REQUESTED:
+                reason = f"cooldown after the last run, until {when(cooling_until)}"
+                out.decisions[event.id] = (
+                    Decision(DecisionStatus.HANDLED, Verdict.SKIPPED, reason) if scheduled
+                    else Decision(DecisionStatus.WAITING, Verdict.COOLDOWN, reason))
+                out.wake_at = _earliest(out.wake_at, cooling_until)
+            elif isinstance(trigger, DataArrivedTrigger):
+                arrivals.append((event, trigger))
+            else:
+                out.start.append((event, _why(event)))
+        if arrivals:
+            self._arrivals(arrivals, now, new_items, out)
+        out.start.sort(key=lambda pair: pair[0].id or 0)
+        return out
+
+    def _arrivals(self, arrivals: list[tuple[EventRecord, DataArrivedTrigger]], now: datetime,
+                  new_items: Callable[[], NewData], out: Outcome) -> None:
+        trigger = arrivals[0][1]
+        quiet_until = max(e.created_at for e, _ in arrivals) + timedelta(
+            seconds=trigger.debounce)
+        if now < quiet_until:
+            for event, _ in arrivals:
+                assert event.id is not None
+                out.decisions[event.id] = Decision(
+                    DecisionStatus.WAITING, Verdict.DEBOUNCED,
+                    f"debounced until {when(quiet_until)} (quiet time {trigger.debounce:g}s)")
+            out.wake_at = _earliest(out.wake_at, quiet_until)
+            return
+        data = new_items()
+        if data.count >= trigger.min_new_items:
+            reason = (f"{data.count} new labelled item(s) >= min_new_items "
+                      f"{trigger.min_new_items} since {data.since}")
+            out.start.extend((event, reason) for event, _ in arrivals)
+            return
+        for event, _ in arrivals:
+            assert event.id is not None
+            out.decisions[event.id] = Decision(
+                DecisionStatus.HANDLED, Verdict.SKIPPED,
+                f"only {data.count} new labelled item(s) < min_new_items "
+                f"{trigger.min_new_items} since {data.since}")
+
+
+def _why(event: EventRecord) -> str:
+    if event.kind == SCHEDULE_FIRED:
+        return f"schedule {event.payload.get('schedule')!r} fired"
+    if event.kind == RUN_REQUESTED:
+        by = event.payload.get("by")
+        return f"requested by {by}" if by else "requested"
+    return f"{event.kind}"
+
+
+def _earliest(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None or b < a else a
+
+
+__all__ = ["TRIGGER_EVENTS", "Decision", "Outcome", "Policy", "Verdict", "when"]

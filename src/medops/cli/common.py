@@ -1,0 +1,43 @@
+"""What every command module shares: error handling, the common options, loading the project."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from medops.cli.render import err_console
+from medops.config import parse_override
+from medops.errors import MedopsError, exit_code_for
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ProjectOpt = typer.Option(None, "--project", "-C", help="Project folder (default: search upwards).")
+JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
+
+
+def handle_errors(fn: F) -> F:
+    """MedopsError -> a red one-line message and a meaningful exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MedopsError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(exit_code_for(exc)) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]: `medops runs resume ID` continues")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_project(path: Path | None, sets: list[str] | None = None) -> Any:
+    from medops.project import Project
+
+    overrides = dict(parse_override(s) for s in sets or [])
+    return Project.load(path, overrides)

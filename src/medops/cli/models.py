@@ -1,0 +1,160 @@
+"""`medops models ...`: registered versions and their sign-off (approve, reject, rollback)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
+from medops.cli.render import console, print_json
+
+if TYPE_CHECKING:
+    from medops.registry import ModelLifecycle
+    from medops.storage import DeploymentRecord
+
+models_app = typer.Typer(help="Registered model versions and their sign-off.",
+                         no_args_is_help=True)
+
+ByOpt = typer.Option(..., "--by", help="Who signs off (recorded in the audit log).")
+NoteOpt = typer.Option(..., "--note", help="Why (recorded in the audit log).")
+
+
+def _lifecycle(project: Path | None, name: str | None) -> ModelLifecycle:
+    from medops.registry import ModelLifecycle, ModelRegistry
+
+    proj = load_project(project)
+    if name is None or name == proj.config.model_name:
+        registry = proj.registry
+    else:
+        registry = ModelRegistry(proj.tracker.client, name, proj.artifacts / "models")
+    return ModelLifecycle(registry, proj.state)
+
+
+def _when(dt: datetime | None) -> str:
+    return dt.isoformat(timespec="seconds") if dt else "-"
+
+
+def _deployed(d: DeploymentRecord, json_out: bool, verb: str) -> None:
+    from medops.registry.lifecycle import deployment_to_dict
+
+    if json_out:
+        print_json(deployment_to_dict(d))
+    else:
+        console.print(f"{d.model} v{d.version} {verb}: live as champion since "
+                      f"{_when(d.live_from)} ({d.action} by {d.actor})", highlight=False)
+
+
+@models_app.command("ls")
+@handle_errors
+def models_ls(name: str | None = typer.Argument(None, help="Model (default: the project's)."),
+              project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Each version with its metrics, gate, approval state and whether it is live.
+
+    Example: medops models ls --json
+    """
+    from rich.table import Table
+
+    lifecycle = _lifecycle(project, name)
+    versions = lifecycle.versions()
+    if json_out:
+        print_json([v.to_dict() for v in versions])
+        return
+    table = Table(title=lifecycle.name)
+    for col in ("version", "live", "approval", "test_auc", "test_accuracy", "aliases",
+                "created"):
+        table.add_column(col, no_wrap=col != "aliases")
+    for v in versions:
+        m = v.metrics
+        table.add_row(
+            v.info.version, "[green]live[/green]" if v.live else "", v.approval,
+            *(f"{m[k]:.4f}" if k in m else "-" for k in ("test_auc", "test_accuracy")),
+            ", ".join(v.info.aliases), v.info.created_at.strftime("%Y-%m-%d %H:%M"))
+    console.print(table)
+
+
+@models_app.command("approve")
+@handle_errors
+def models_approve(name: str = typer.Argument(..., help="Registered model name."),
+                   version: str = typer.Argument(..., help="Version to make live."),
+                   by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
+                   json_out: bool = JsonOpt) -> None:
+    """Approve a version: it becomes the live champion; who, when and why are recorded.
+
+    Example: medops models approve chest-xray-classifier 3 --by "Dr. Lee" --note "reviewed"
+    """
+    _deployed(_lifecycle(project, name).approve(version, by, note), json_out, "approved")
+
+
+@models_app.command("reject")
+@handle_errors
+def models_reject(name: str = typer.Argument(..., help="Registered model name."),
+                  version: str = typer.Argument(..., help="Version to reject."),
+                  by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
+                  json_out: bool = JsonOpt) -> None:
+    """Reject a version (never the live champion: roll back first).
+
+    Example: medops models reject chest-xray-classifier 4 --by "Dr. Lee" --note "fails on AP"
+    """
+    info = _lifecycle(project, name).reject(version, by, note)
+    if json_out:
+        print_json(info.to_dict())
+    else:
+        console.print(f"{info.name} v{info.version} rejected by {info.tags['rejected_by']}",
+                      highlight=False)
+
+
+@models_app.command("rollback")
+@handle_errors
+def models_rollback(name: str = typer.Argument(..., help="Registered model name."),
+                    to: str | None = typer.Option(
+                        None, "--to", help="Version (default: the one live before)."),
+                    by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
+                    json_out: bool = JsonOpt) -> None:
+    """Make an earlier live version the champion again.
+
+    Example: medops models rollback chest-xray-classifier --by "Dr. Lee" --note "drift on v4"
+    """
+    _deployed(_lifecycle(project, name).rollback(by, note, to), json_out, "rolled back to")
+
+
+@models_app.command("history")
+@handle_errors
+def models_history(name: str = typer.Argument(..., help="Registered model name."),
+                   at: str | None = typer.Option(
+                       None, "--at", help="ISO 8601 time (naive = UTC): what was live then."),
+                   project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Which version was live when, who made it live and why.
+
+    Example: medops models history chest-xray-classifier --at 2026-01-31T12:00:00Z --json
+    """
+    from rich.table import Table
+
+    from medops.registry.lifecycle import deployment_to_dict, parse_time
+
+    lifecycle = _lifecycle(project, name)
+    if at is not None:
+        when = parse_time(at)
+        live = lifecycle.live_at(when)
+        if json_out:
+            print_json(deployment_to_dict(live) if live else None)
+        elif live is None:
+            console.print(f"no version of {name} was live at {_when(when)}", highlight=False)
+        else:
+            console.print(f"{name} v{live.version} was live at {_when(when)} (since "
+                          f"{_when(live.live_from)}, {live.action} by {live.actor}: "
+                          f"{live.note})", highlight=False)
+        return
+    history = lifecycle.history()
+    if json_out:
+        print_json([deployment_to_dict(d) for d in history])
+        return
+    table = Table(title=f"{name}: deployments")
+    for col in ("version", "live from", "live until", "action", "by", "note"):
+        table.add_column(col, overflow="fold")
+    for d in history:
+        table.add_row(d.version, _when(d.live_from), _when(d.live_until) if d.live_until
+                      else "[green]live[/green]", d.action, d.actor, d.note)
+    console.print(table)

@@ -1,0 +1,130 @@
+"""`medops predict` and `medops batch-predict`: the registered model on files, folders, S3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
+from medops.cli.render import console, err_console, print_json
+
+if TYPE_CHECKING:
+    from medops.serve.batch import OutputFormat, Predictor
+
+ModelOpt = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the "
+                                              "project's model @champion).")
+EndpointOpt = typer.Option(None, "--endpoint-url",
+                           help="S3-compatible endpoint for s3:// URIs (MinIO, a local S3).")
+BatchSizeOpt = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
+_SHOWN_ERRORS = 20  # the output file has every error; the terminal shows the first ones
+
+
+def _predictor(project: Path | None, model: str | None, batch_size: int) -> Predictor:
+    from medops.registry import ModelRegistry
+    from medops.serve.batch import ModelRef, Predictor
+
+    proj = load_project(project)
+    ref = ModelRef.parse(model, proj.config.model_name)
+    registry = proj.registry if ref.name == proj.config.model_name else \
+        ModelRegistry(proj.tracker.client, ref.name, proj.artifacts / "models")
+    return Predictor.from_registry(registry, ref, batch_size)
+
+
+def _files(endpoint_url: str | None) -> Any:
+    from medops.serve.batch import Files
+
+    return Files(endpoint_url)
+
+
+@handle_errors
+def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG files (or s3://)."),
+            model: str | None = ModelOpt, batch_size: int = BatchSizeOpt,
+            endpoint_url: str | None = EndpointOpt, project: Path | None = ProjectOpt,
+            json_out: bool = JsonOpt) -> None:
+    """Predict a few files now: class probabilities and label per file.
+
+    Exits 5 when a file could not be read or decoded (its row says why).
+
+    Example: medops predict scan1.dcm scan2.png --model chest-xray-classifier@champion --json
+    """
+    from rich.table import Table
+
+    from medops.errors import DataError, exit_code_for
+
+    predictor = _predictor(project, model, batch_size)
+    uris = [f if f.startswith("s3://") else str(Path(f).resolve()) for f in files]
+    rows = predictor.predict(uris, _files(endpoint_url))
+    records = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
+    if json_out:
+        print_json(records)
+    else:
+        table = Table(title=f"{predictor.name} v{predictor.version}")
+        probs = [c for c in rows.columns if c.startswith("p_")]
+        for col in ("file", "label", *probs, "error"):
+            table.add_column(col, overflow="fold")
+        for r in records:
+            table.add_row(r["uri"], r["label"] or "-",
+                          *(f"{r[c]:.4f}" if r[c] is not None else "-" for c in probs),
+                          r["error"] or "")
+        console.print(table)
+    if rows["error"].notna().any():
+        raise typer.Exit(exit_code_for(DataError()))
+
+
+@handle_errors
+def batch_predict(source: str = typer.Argument(
+                      ..., help="A folder, a Parquet manifest (column uri) or an s3:// prefix."),
+                  out: str = typer.Option(..., "--out", help="Output file (local or s3://)."),
+                  model: str | None = ModelOpt,
+                  fmt: str | None = typer.Option(
+                      None, "--format", help="parquet or csv (default: from --out)."),
+                  batch_size: int = BatchSizeOpt, endpoint_url: str | None = EndpointOpt,
+                  project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Predict every image of a folder, manifest or S3 prefix into Parquet or CSV.
+
+    Resumable: a re-run skips files already predicted. Bad files get their error in the
+    output and the summary; they never stop the batch.
+
+    Example: medops batch-predict data/incoming --out preds.parquet
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from medops.serve.batch import batch_predict as run_batch
+
+    output_format = _format(fmt)
+    predictor = _predictor(project, model, batch_size)
+    progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=err_console, transient=True,
+                        disable=json_out or not err_console.is_terminal)
+    with progress:
+        task = progress.add_task(f"{predictor.name} v{predictor.version}", total=None)
+        summary = run_batch(predictor, source, out, output_format, files=_files(endpoint_url),
+                            on_progress=lambda done, total: progress.update(
+                                task, completed=done, total=total))
+    if json_out:
+        print_json(summary.to_dict())
+        return
+    console.print(f"{summary.out}: {summary.predicted} predicted, {summary.skipped} already "
+                  f"done, {summary.failed} failed, of {summary.total} files "
+                  f"({summary.model} v{summary.version}, {summary.seconds:.1f}s)",
+                  highlight=False)
+    for e in summary.errors[:_SHOWN_ERRORS]:
+        console.print(f"[yellow]failed[/yellow] {e['uri']}: {e['error']}", highlight=False)
+    if len(summary.errors) > _SHOWN_ERRORS:
+        console.print(f"... and {len(summary.errors) - _SHOWN_ERRORS} more: see the error "
+                      f"column of {summary.out}", highlight=False)
+
+
+def _format(fmt: str | None) -> OutputFormat | None:
+    from medops.errors import ConfigError
+    from medops.serve.batch import OutputFormat
+
+    if fmt is None:
+        return None
+    try:
+        return OutputFormat(fmt.lower())
+    except ValueError:
+        raise ConfigError(f"--format {fmt!r}: expected one of "
+                          f"{', '.join(f.value for f in OutputFormat)}") from None

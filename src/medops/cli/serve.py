@@ -1,0 +1,74 @@
+"""`medops serve` (the real-time endpoint) and `medops feedback import` (ground truth)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
+from medops.cli.render import console, print_json
+from medops.errors import ConfigError
+
+feedback_app = typer.Typer(help="Ground-truth labels for served predictions.",
+                           no_args_is_help=True)
+
+
+@handle_errors
+def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (followed as the "
+                                           "alias moves) or NAME/VERSION; default: serve.model, "
+                                           "else the project's model @champion."),
+          host: str | None = typer.Option(None, help="Interface (default: serve.host; "
+                                          "0.0.0.0 in a container)."),
+          port: int | None = typer.Option(None, help="Port (default: serve.port, 8080)."),
+          access_log: bool = typer.Option(False, help="Log every request (no bodies)."),
+          project: Path | None = ProjectOpt) -> None:
+    """Serve the live model over HTTP until SIGTERM/Ctrl-C.
+
+    POST /v1/models/NAME/predict (or /invocations) with a DICOM, PNG or JPEG body; GET /ping,
+    /healthz, /readyz, /metrics; OpenAPI docs at /docs.
+
+    Example: medops serve --port 8080
+    """
+    from medops.monitor import CaptureStore
+    from medops.registry import ModelRegistry
+    from medops.serve import ModelRef, create_app, run_server
+
+    proj = load_project(project)
+    cfg = proj.config.serve
+    ref = ModelRef.parse(model or cfg.model, proj.config.model_name)
+    registry = proj.registry if ref.name == proj.config.model_name else \
+        ModelRegistry(proj.tracker.client, ref.name, proj.artifacts / "models")
+    token = None
+    if cfg.token_env:
+        token = os.environ.get(cfg.token_env)
+        if not token:
+            raise ConfigError(f"serve.token_env names {cfg.token_env!r} but that environment "
+                              f"variable is empty or unset; export {cfg.token_env}=<token>, or "
+                              "remove serve.token_env to serve without authentication")
+    app = create_app(registry, cfg, ref=ref, capture=CaptureStore.under(proj.artifacts),
+                     token=token)
+    bind_host, bind_port = host or cfg.host, cfg.port if port is None else port
+    console.print(f"serving {ref} on http://{bind_host}:{bind_port} (docs at /docs)"
+                  + (", bearer token required" if token else ""), highlight=False)
+    run_server(app, bind_host, bind_port, access_log=access_log)
+
+
+@feedback_app.command("import")
+@handle_errors
+def feedback_import(csv_file: Path = typer.Argument(..., help="CSV with columns request_id,label"
+                                                    " (and optionally image)."),
+                    project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Add ground-truth labels for served requests (request ids from the predict answers).
+
+    Example: medops feedback import labels.csv
+    """
+    from medops.monitor import CaptureStore
+
+    proj = load_project(project)
+    count = CaptureStore.under(proj.artifacts).import_feedback_csv(csv_file)
+    if json_out:
+        print_json({"imported": count, "file": str(csv_file)})
+    else:
+        console.print(f"imported {count} labels from {csv_file}", highlight=False)

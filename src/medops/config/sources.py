@@ -1,0 +1,91 @@
+"""Network and cloud sources in medops.yaml (``data.sources``), one model per kind.
+
+Each source has a name (its key under ``data.sources``) and a ``kind`` that picks the model:
+
+    data:
+      sources:
+        pacs: {kind: dicomweb, url: "http://pacs:8042/dicom-web", orthanc_changes: true}
+        bucket: {kind: s3, uri: "s3://scans/chest/", endpoint_url: "http://minio:9000"}
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3SourceConfig(_Strict):
+    kind: Literal["s3"]
+    uri: str  # s3://bucket/prefix/
+    endpoint_url: str | None = None  # MinIO or a local server; None: AWS
+    region: str | None = None
+    labels_from_folders: bool = True  # the first path part under the prefix is the label
+    max_keys: int = Field(1000, ge=1, le=1000)  # listing page size and objects per poll
+
+
+class DicomwebSourceConfig(_Strict):
+    kind: Literal["dicomweb"]
+    url: str  # the DICOMweb root, e.g. http://orthanc:8042/dicom-web
+    filters: dict[str, str] = Field(default_factory=dict)  # QIDO-RS search keys, e.g. Modality
+    orthanc_changes: bool = False  # use Orthanc's /changes feed as the new-data cursor
+    token_env: str | None = None  # environment variable holding a bearer token
+    label_tag: str | None = None  # a DICOM keyword whose value is the label, if any
+    orthanc_url: str | None = None  # Orthanc's REST root; None: url without its /dicom-web
+    page_size: int = Field(100, ge=1, le=1000)  # instances per poll
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class DicomScpSourceConfig(_Strict):
+    kind: Literal["dicom-scp"]
+    ae_title: str = "MEDOPS"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)  # empty: accept none
+    storage: str = ".medops/received"  # where instances are written before they are indexed
+    quiet_seconds: float = Field(30.0, gt=0)  # a series is complete after this long unchanged
+    min_free_mb: int = Field(1024, ge=0)  # refuse (out of resources) under this much free disk
+    label_tag: str | None = None
+
+    @field_validator("ae_title", "allowed_calling_aets")
+    @classmethod
+    def _ae_titles(cls, v: str | list[str]) -> str | list[str]:
+        for title in [v] if isinstance(v, str) else v:  # PS3.5: AE is 1-16 chars, no backslash
+            if not title.strip() or len(title) > 16 or "\\" in title or not title.isprintable():
+                raise ValueError(f"{title!r} is not a valid AE title (1-16 printable characters, "
+                                 "no backslash)")
+        return [t.strip() for t in v] if isinstance(v, list) else v.strip()
+
+
+class HealthImagingSourceConfig(_Strict):
+    kind: Literal["healthimaging"]
+    datastore_id: str
+    region: str | None = None
+    endpoint_url: str | None = None  # a local server in tests; None: AWS
+    sqs_queue_url: str | None = None  # EventBridge events delivered through SQS
+    sqs_endpoint_url: str | None = None  # a local SQS (tests, VPC endpoint); None: AWS
+    sqs_wait_s: int = Field(0, ge=0, le=20)  # SQS long polling per receive
+    sqs_visibility_s: int = Field(900, ge=1, le=43200)  # a batch stays hidden while ingested
+    image_set_ids: list[str] = Field(default_factory=list)  # a manual trigger: exactly these
+    label_tag: str | None = None
+
+
+class XnatSourceConfig(_Strict):
+    kind: Literal["xnat"]
+    url: str
+    project: str
+    user_env: str | None = None  # environment variables holding the credentials
+    password_env: str | None = None
+    scan_type: str | None = None  # which scan of each session to take (regex on the type)
+    label_field: str | None = None  # a subject field holding the label
+
+
+RemoteSourceConfig = Annotated[
+    S3SourceConfig | DicomwebSourceConfig | DicomScpSourceConfig | HealthImagingSourceConfig
+    | XnatSourceConfig,
+    Field(discriminator="kind"),
+]

@@ -1,0 +1,289 @@
+"""The FastAPI application of `medops serve`: routes, auth, metrics and the request path.
+
+Request path of a prediction: check the model name and auth, read the body (size-limited),
+split it into image files, decode + preprocess each in a thread pool with the live
+deployment's profile, queue the arrays for the micro-batcher, answer, and hand the capture
+records to the background writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from medops.config.schema import ServeConfig
+from medops.errors import (
+    AuthenticationError,
+    LabelError,
+    MedopsError,
+    NotFoundError,
+    UnavailableError,
+)
+from medops.monitor import CaptureRecord, CaptureStore, CaptureWriter, Feedback
+from medops.registry import ModelRegistry
+from medops.serve.batcher import MicroBatcher, Result
+from medops.serve.host import Deployment, ModelHost, ModelRef
+from medops.serve.http_errors import install_handlers
+from medops.serve.inputs import ACCEPTED, PreparedImage, prepare, split_images
+from medops.serve.metrics import ServeMetrics
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
+                   Awaitable[None]]
+
+_IMAGE_BODY = {"content": {t: {"schema": {"type": "string", "format": "binary"}}
+                           for t in ("application/dicom", "image/png", "image/jpeg")}
+               | {"multipart/form-data": {"schema": {"type": "object", "properties": {
+                   "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
+               "required": True}
+
+
+class Prediction(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    request_id: str
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class FeedbackIn(BaseModel):
+    """The ground truth of one served image, identified by the request id of its answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=128)
+    label: str = Field(min_length=1, max_length=256)
+    image: int = Field(0, ge=0, description="position of the image in a multi-image request")
+
+
+@dataclass
+class _Server:
+    cfg: ServeConfig
+    host: ModelHost
+    batcher: MicroBatcher
+    metrics: ServeMetrics
+    writer: CaptureWriter | None
+    token: str | None
+    pool: ThreadPoolExecutor
+
+
+def create_app(registry: ModelRegistry, cfg: ServeConfig, *, ref: ModelRef | None = None,
+               capture: CaptureStore | None = None, token: str | None = None) -> FastAPI:
+    """The app serving ``ref`` (default ``cfg.model``, else ``NAME@champion``) from
+    ``registry``. ``capture`` stores predictions (when ``cfg.capture``) and feedback;
+    ``token``, when set, is required as ``Authorization: Bearer <token>``."""
+    ref = ref or ModelRef.parse(cfg.model, registry.name)
+    metrics = ServeMetrics()
+
+    def on_swap(d: Deployment) -> None:
+        metrics.set_live(d.name, d.version)
+
+    srv = _Server(
+        cfg=cfg, host=ModelHost(registry, ref, cfg.poll_seconds, on_swap=on_swap),
+        batcher=MicroBatcher(cfg.max_batch, cfg.max_wait_ms, on_batch=metrics.observe_batch),
+        metrics=metrics, writer=CaptureWriter(capture) if capture is not None else None,
+        token=token, pool=ThreadPoolExecutor(min(8, os.cpu_count() or 1),
+                                             thread_name_prefix="medops-prep"))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        srv.batcher.start()
+        srv.host.start()  # loads in the background: /ping answers at once
+        try:
+            yield
+        finally:
+            await srv.host.stop()
+            await srv.batcher.stop()
+            srv.pool.shutdown(wait=True)
+            if srv.writer is not None:
+                await asyncio.to_thread(srv.writer.close)
+
+    app = FastAPI(title="medops serve", version="1", lifespan=lifespan,
+                  description=f"Real-time predictions of {ref}. Send DICOM, PNG or JPEG.")
+    app.state.medops = srv
+    install_handlers(app)
+    _add_routes(app, srv)
+    app.add_middleware(_Observe, metrics=metrics)
+    return app
+
+
+def _add_routes(app: FastAPI, srv: _Server) -> None:
+    async def authorize(request: Request) -> None:  # async: no thread hop per request
+        if srv.token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise AuthenticationError("missing bearer token; send 'Authorization: Bearer "
+                                      "<token>' (the server reads it from serve.token_env)")
+        if not hmac.compare_digest(given.strip().encode(), srv.token.encode()):
+            raise AuthenticationError("invalid bearer token")
+
+    auth = [Depends(authorize)]
+
+    @app.get("/ping", tags=["health"], summary="SageMaker health check: 200 once a model is live")
+    async def ping() -> JSONResponse:
+        return _readiness(srv)
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: 200 once a model is loaded")
+    async def readyz() -> JSONResponse:
+        return _readiness(srv)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(srv.metrics.render(), media_type=srv.metrics.content_type)
+
+    @app.post("/invocations", tags=["predict"], dependencies=auth,
+              summary="SageMaker inference: the same bodies as /v1/models/{name}/predict",
+              responses={200: {"model": PredictResponse}},
+              openapi_extra={"requestBody": _IMAGE_BODY})
+    async def invocations(request: Request) -> JSONResponse:
+        return await _predict(srv, request, None)
+
+    @app.post("/v1/models/{name}/predict", tags=["predict"], dependencies=auth,
+              summary=f"Class probabilities for one image or several; accepts {ACCEPTED}",
+              responses={200: {"model": PredictResponse}},
+              openapi_extra={"requestBody": _IMAGE_BODY})
+    async def predict(name: str, request: Request) -> JSONResponse:
+        return await _predict(srv, request, name)
+
+    @app.post("/v1/feedback", tags=["feedback"], dependencies=auth, status_code=202,
+              summary="Ground truth for a served image (stored asynchronously)")
+    async def feedback(body: FeedbackIn | list[FeedbackIn]) -> dict[str, int]:
+        items = body if isinstance(body, list) else [body]
+        if srv.writer is None:
+            raise UnavailableError("this server has no capture store, so feedback cannot be "
+                                   "stored; use `medops feedback import CSV` instead")
+        live = srv.host.current
+        for item in items:
+            if live is not None and item.label not in live.classes:
+                raise LabelError(f"label {item.label!r} is not one of the model's classes "
+                                 f"{live.classes}")
+        now = datetime.now(timezone.utc)
+        srv.writer.submit_feedback([Feedback(i.request_id, i.label, i.image, now)
+                                    for i in items])
+        return {"accepted": len(items)}
+
+
+def _readiness(srv: _Server) -> JSONResponse:
+    live = srv.host.current
+    if live is None:
+        return JSONResponse({"status": "loading", "detail": srv.host.status}, status_code=503)
+    return JSONResponse({"status": "ready", "model": live.name, "version": live.version})
+
+
+async def _predict(srv: _Server, request: Request, name: str | None) -> JSONResponse:
+    if name is not None and name != srv.host.ref.name:
+        raise NotFoundError(f"no model {name!r} on this server; it serves "
+                            f"{srv.host.ref.name!r} (POST /v1/models/{srv.host.ref.name}/predict)")
+    live = srv.host.current
+    if live is None:
+        raise UnavailableError(f"no model is loaded yet ({srv.host.status}); retry shortly")
+    blobs = await split_images(request, int(srv.cfg.max_body_mb * 2**20))
+    results: list[Result]
+    if len(blobs) == 1 and srv.batcher.idle:
+        results = [await srv.batcher.submit(
+            functools.partial(prepare, blobs[0], live.loaded.profile, srv.cfg.max_image_pixels),
+            live)]
+    else:
+        loop = asyncio.get_running_loop()
+        srv.batcher.preparing(+1)
+        try:
+            prepared = await asyncio.gather(*(
+                loop.run_in_executor(srv.pool, _prepare_one, i, len(blobs), blob, live,
+                                     srv.cfg.max_image_pixels)
+                for i, blob in enumerate(blobs)))
+        finally:
+            srv.batcher.preparing(-1)
+        results = await asyncio.gather(*(srv.batcher.submit(p, live) for p in prepared))
+    request_id: str = request.state.request_id
+    classes = live.classes
+    predictions = [{"label": classes[int(r.probabilities.argmax())],
+                    "probabilities": dict(zip(classes, r.probabilities.tolist(), strict=True))}
+                   for r in results]
+    if srv.writer is not None and srv.cfg.capture:
+        srv.writer.submit(_records(request_id, results, predictions))
+    return JSONResponse({"request_id": request_id, "model": live.name, "version": live.version,
+                         "predictions": predictions})
+
+
+def _prepare_one(i: int, n: int, blob: bytes, live: Deployment, max_pixels: int) -> PreparedImage:
+    try:
+        return prepare(blob, live.loaded.profile, max_pixels)
+    except MedopsError as exc:
+        if n == 1:
+            raise
+        raise type(exc)(f"image {i + 1} of {n}: {exc}") from exc
+
+
+def _records(request_id: str, results: list[Result],
+             predictions: list[dict[str, Any]]) -> list[CaptureRecord]:
+    now = datetime.now(timezone.utc)
+    return [CaptureRecord(
+        request_id=request_id, image=i, time=now, model_name=r.deployment.name,
+        model_version=r.deployment.version, predicted=pred["label"],
+        classes=r.deployment.classes, probabilities=r.probabilities.astype(float).tolist(),
+        input_format=r.prepared.input_format, height=r.prepared.height,
+        width=r.prepared.width, stats=r.prepared.stats, embedding=r.embedding.tolist())
+        for i, (r, pred) in enumerate(zip(results, predictions, strict=True))]
+
+
+class _Observe:
+    """Pure ASGI middleware: a request id per request, and the request/error/latency metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = 500
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # FastAPI puts the matched APIRoute in the scope; its template keeps the label
+            # set small (no per-model or per-id series). Docs and 404s count as "other".
+            label = getattr(route, "path", None) or "other"
+            m = self.metrics
+            m.requests.labels(route=label, status=str(status)).inc()
+            m.latency.labels(route=label).observe(time.perf_counter() - started)
+            if status >= 400:
+                kind = scope["state"].get("error_type", "HTTPError")
+                m.errors.labels(route=label, type=kind).inc()

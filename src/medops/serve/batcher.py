@@ -1,0 +1,178 @@
+"""Dynamic micro-batching: many concurrent requests, one forward pass per batch.
+
+Preprocessed images wait in an asyncio queue. One worker takes the first, then whatever else
+is queued, up to ``max_batch``; it waits (at most ``max_wait_ms``) for more only while other
+requests are still being preprocessed, so a lone request never pays the wait. The forward pass
+runs in a single dedicated thread, and while it runs the queue fills: under load the batches
+grow by themselves. Each image carries the deployment it was preprocessed for; a batch that
+straddles a model swap runs as one forward per deployment. A request that finds the batcher
+idle hands in its undecoded image instead, decoded in the forward thread: one thread
+hand-off fewer for a lone request, while under load decoding overlaps the forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medops.registry import LoadedModel
+from medops.serve.inputs import PreparedImage
+
+if TYPE_CHECKING:
+    from medops.serve.host import Deployment
+
+log = logging.getLogger(__name__)
+
+
+def forward(loaded: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, K) and penultimate embeddings (N, F) from one forward pass.
+
+    The probabilities come from ``model(x)`` itself, whatever it does in eval mode (test-time
+    flips included), so they equal ``predict_proba``; the embedding is the input of the head,
+    caught on the way (its first N rows: the images as sent, not their flipped copies)."""
+    import torch
+
+    model = loaded.model
+    caught: list[torch.Tensor] = []
+    hook = model.head.register_forward_hook(lambda _m, args, _out: caught.append(args[0]))
+    try:
+        with torch.inference_mode():
+            logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+            probs = torch.softmax(logits.float(), dim=1)
+    finally:
+        hook.remove()
+    return probs.numpy(), caught[0][: len(x)].float().numpy()
+
+
+@dataclass
+class Result:
+    prepared: PreparedImage
+    probabilities: np.ndarray  # (K,)
+    embedding: np.ndarray  # (F,)
+    deployment: Deployment
+
+
+#: What a request hands in: a preprocessed image, or the (thread-safe) work that makes one.
+Input = PreparedImage | Callable[[], PreparedImage]
+
+
+@dataclass
+class _Item:
+    input: Input
+    deployment: Deployment
+    future: asyncio.Future[Result]
+
+
+class MicroBatcher:
+    def __init__(self, max_batch: int, max_wait_ms: float,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._arrived = asyncio.Event()
+        self._preparing = 0  # requests admitted and still in preprocessing
+        self._busy = False  # a batch is being run
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="medops-forward")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued, preprocessing or running: a lone request's image can be decoded
+        in the forward thread itself, saving a thread hand-off."""
+        return not self._busy and self._preparing == 0 and self._queue.empty()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._work(), name="medops-batcher")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the worker."""
+        while not self._queue.empty() or self._busy:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    def preparing(self, delta: int) -> None:
+        """Count requests in preprocessing (+1 before, -1 after) so the worker knows whether
+        waiting for more images can pay off."""
+        self._preparing += delta
+
+    async def submit(self, image: Input, deployment: Deployment) -> Result:
+        fut: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Item(image, deployment, fut))
+        self._arrived.set()
+        return await fut
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            self._busy = True
+            try:
+                deadline = loop.time() + self.max_wait
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                        continue
+                    except asyncio.QueueEmpty:
+                        pass
+                    remaining = deadline - loop.time()
+                    if self._preparing <= 0 or remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                await self._run(loop, batch)
+            finally:
+                self._busy = False
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
+        groups: dict[int, list[_Item]] = {}
+        for item in batch:
+            groups.setdefault(id(item.deployment), []).append(item)
+        for items in groups.values():
+            try:
+                outcomes = await loop.run_in_executor(self._pool, _execute, items)
+            except Exception as exc:  # a model fault fails this batch, not the server
+                log.exception("forward pass failed for a batch of %d", len(items))
+                outcomes = [exc] * len(items)
+            ran = sum(isinstance(o, Result) for o in outcomes)
+            if ran and self._on_batch is not None:
+                self._on_batch(ran)
+            for item, outcome in zip(items, outcomes, strict=True):
+                if item.future.done():  # the client went away
+                    continue
+                if isinstance(outcome, Result):
+                    item.future.set_result(outcome)
+                else:
+                    item.future.set_exception(outcome)
+
+
+def _execute(items: list[_Item]) -> list[Result | BaseException]:
+    """In the forward thread: make the inputs not yet made, then one forward pass."""
+    outcomes: list[Result | BaseException | None] = [None] * len(items)
+    ready: list[tuple[int, PreparedImage]] = []
+    for i, item in enumerate(items):
+        if isinstance(item.input, PreparedImage):
+            ready.append((i, item.input))
+            continue
+        try:
+            ready.append((i, item.input()))
+        except Exception as exc:  # bad input fails its own request only
+            outcomes[i] = exc
+    if ready:
+        deployment = items[0].deployment
+        probs, feats = forward(deployment.loaded, np.stack([p.x for _, p in ready]))
+        for row, (i, prepared) in enumerate(ready):
+            outcomes[i] = Result(prepared, probs[row], feats[row], deployment)
+    return [o for o in outcomes if o is not None]
