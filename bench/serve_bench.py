@@ -285,19 +285,24 @@ def main() -> None:
 
 def _row(r: Result) -> str:
     cores = "-" if r.server_cores is None else f"{r.server_cores:.2f}"
+    per_cpu = "-" if not r.server_cores else f"{r.rps / r.server_cores:.1f}"
     return (f"| {r.variant} | {r.clients} | {r.rps:.1f} | {r.pct(50):.2f} | {r.pct(99):.2f} "
-            f"| {r.errors} | {cores} |")
+            f"| {r.errors} | {cores} | {per_cpu} |")
 
 
 def table(results: list[Result], levels: list[int]) -> str:
-    lines = ["| variant | clients | requests/s | p50 ms | p99 ms | errors | cores used |",
-             "|---|---|---|---|---|---|---|", *(_row(r) for r in results)]
+    lines = ["| variant | clients | requests/s | p50 ms | p99 ms | errors | cores used "
+             "| requests per CPU-second |",
+             "|---|---|---|---|---|---|---|---|", *(_row(r) for r in results)]
     by = {(r.variant, r.clients): r for r in results}
     top = max(levels)
     med, mlf = by.get(("medops serve", top)), by.get(("mlflow models serve", top))
     if med and mlf:
         lines.append(f"\nthroughput medops / mlflow at {top} clients: "
                      f"**{med.rps / mlf.rps:.1f}x** (goal >= 3x)")
+        if med.server_cores and mlf.server_cores:
+            lines.append(f"per CPU-second of the server: "
+                         f"{(med.rps / med.server_cores) / (mlf.rps / mlf.server_cores):.1f}x")
     one, bare = by.get(("medops serve", 1)), results[0]
     if one:
         lines.append(f"p50 overhead of medops serve over the bare forward at 1 client: "

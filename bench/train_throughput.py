@@ -15,6 +15,7 @@ so that load from other processes hits both alike; the median of each is reporte
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -46,8 +47,10 @@ def load(path: Path) -> tuple[ArrayData, ArrayData]:
     return sets["train"], sets["val"]
 
 
-def bare_loop(spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int) -> float:
-    """Images per second of a plain loop doing the same optimizer steps as train_model."""
+def bare_loop(
+    spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int
+) -> tuple[float, float]:
+    """Images per second and CPU-ms per image of a plain loop doing train_model's steps."""
     torch.manual_seed(cfg.seed)
     model = build_model(spec).to(memory_format=torch.channels_last)
     model.train()
@@ -58,7 +61,7 @@ def bare_loop(spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int) -
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     n, bs = len(data), cfg.batch_size
     seen = 0
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for epoch in range(epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch))
         for i in range(0, n, bs):
@@ -71,23 +74,24 @@ def bare_loop(spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int) -
             loss.backward()
             opt.step()
             seen += len(idx)
-    return seen / (time.perf_counter() - started)
+    return seen / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / seen
 
 
 def medops_loop(
     spec: ModelSpec, train: ArrayData, val: ArrayData, cfg: TrainConfig, progress: bool
-) -> float:
-    """Images per second of train_model, everything included (model build to returned result)."""
+) -> tuple[float, float]:
+    """Images per second and CPU-ms per image of train_model, model build to returned result."""
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         result = train_model(
             spec, train, val, cfg, ModelConfig(), checkpoint_dir=Path(tmp), progress=progress
         )
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     assert result.epochs_run == cfg.epochs, "early stopping must not cut the benchmark short"
     full, rest = divmod(len(train), cfg.batch_size)
     per_epoch = full * cfg.batch_size + (rest if rest >= 2 else 0)
-    return per_epoch * cfg.epochs / seconds
+    images = per_epoch * cfg.epochs
+    return images / seconds, 1000 * cpu / images
 
 
 def main() -> None:
@@ -122,15 +126,24 @@ def main() -> None:
         f"{'on' if cfg.augment else 'off'}, bare loop without"
     )
     bare_loop(spec, train, cfg, 1)  # warm-up: oneDNN picks and caches its kernels
-    bare, medops = [], []
+    bare: list[tuple[float, float]] = []
+    medops: list[tuple[float, float]] = []
     for r in range(args.repeats):
         bare.append(bare_loop(spec, train, cfg, args.epochs))
         medops.append(medops_loop(spec, train, val, cfg, progress=not args.no_progress))
-        print(f"repeat {r + 1}: bare {bare[-1]:.1f} img/s, medops {medops[-1]:.1f} img/s")
-    b, m = statistics.median(bare), statistics.median(medops)
-    print(f"bare PyTorch loop : {b:.1f} images/s (median of {args.repeats})")
-    print(f"medops train_model: {m:.1f} images/s (median of {args.repeats})")
-    print(f"ratio medops/bare : {m / b:.3f}")
+        print(
+            f"repeat {r + 1}: bare {bare[-1][0]:.1f} img/s ({bare[-1][1]:.1f} CPU-ms/img), "
+            f"medops {medops[-1][0]:.1f} img/s ({medops[-1][1]:.1f} CPU-ms/img), "
+            f"load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    b = statistics.median(x[0] for x in bare)
+    m = statistics.median(x[0] for x in medops)
+    bc = statistics.median(x[1] for x in bare)
+    mc = statistics.median(x[1] for x in medops)
+    print(f"bare PyTorch loop : {b:.1f} images/s, {bc:.1f} CPU-ms/image (median of {args.repeats})")
+    print(f"medops train_model: {m:.1f} images/s, {mc:.1f} CPU-ms/image (median of {args.repeats})")
+    print(f"ratio medops/bare : {m / b:.3f} (images/s), {bc / mc:.3f} (per CPU-second)")
 
 
 if __name__ == "__main__":

@@ -70,12 +70,14 @@ class AgentProcess:
         self.log = root / f"agent-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 120) -> AgentProcess:
+    def start(self, timeout: float = 300) -> AgentProcess:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([MEDOPS, "agent", "-C", str(self.root), *self.args],
                                          stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        wait_for(lambda: "ready in" in self.text(), timeout, f"agent ready\n{self.tail()}",
+        # "warm": the run processes' imports are done, so what a test times is the agent's
+        # own behaviour, not torch's import on a busy machine.
+        wait_for(lambda: "warm in" in self.text(), timeout, f"agent warm\n{self.tail()}",
                  proc=self.proc)
         return self
 

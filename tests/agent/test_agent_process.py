@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from medops.demo.synthetic import SyntheticDataset, make_synthetic_dataset
 from medops.storage import RunRecord, RunStatus, StateStore
 from tests.agent.conftest import (
@@ -22,6 +24,7 @@ from tests.agent.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real agent processes running the whole pipeline
 Agents = Callable[..., AgentProcess]
 
 
@@ -45,13 +48,15 @@ def _event(root: Path, event_id: object) -> dict[str, object]:
 
 
 def _pid_alive(pid: int | None) -> bool:
+    """Running, not merely a zombie its parent has not reaped yet."""
     if pid is None:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return stat.rsplit(b")", 1)[-1].split()[0] != b"Z"
 
 
 def test_landing_files_start_one_run_then_too_little_new_data_is_skipped(
@@ -108,10 +113,14 @@ def test_landing_files_start_one_run_then_too_little_new_data_is_skipped(
 def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         tmp_path: Path, dataset: SyntheticDataset, agents: Agents) -> None:
     root = make_agent_project(tmp_path / "p", data=dataset.root)
+    extra = make_synthetic_dataset(tmp_path / "extra", n_patients=3, images_per_patient=1,
+                                   size=48, seed=11)
     rng = random.Random(int(time.time()))
+    agent = agents(root)
     for trial in range(3):
-        args = ("--set", f"train.seed={trial}")  # a fresh training each trial
-        agent = agents(root, *args)
+        # One more image each trial: a new dataset version, so the trial trains from scratch.
+        image = extra.images[trial]
+        shutil.copy(image.path, root / "data" / "raw" / image.label / f"extra-{trial}.dcm")
         event_id = _request(root, f"trial-{trial}")["event_id"]
         if trial > 0:  # somewhere inside the run's steps, from ingest to training
             wait_for(lambda: any(s.status.value == "running" for r in _runs(root)
@@ -123,9 +132,9 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         delay_note = f"killed {delay:.1f}s in, during {running or 'no step'}"
         # The run's child process notices that the agent is gone and dies too.
         wait_for(lambda: not any(_pid_alive(r.pid) for r in _runs(root)
-                                 if r.status is RunStatus.RUNNING), 10,
+                                 if r.status is RunStatus.RUNNING), 30,
                  "the orphaned run process to exit")
-        restarted = agents(root, *args)
+        agent = agents(root)
         # A client retrying its request after the crash creates nothing new.
         assert _request(root, f"trial-{trial}")["duplicate"] is True
         event = wait_for(lambda eid=event_id: (e := _event(root, eid))["status"] == "handled"
@@ -135,7 +144,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         assert mine[0].status is RunStatus.SUCCEEDED
         assert event["run_id"] == mine[0].id
         assert event["decision"] in ("started", "resumed")
-        assert restarted.terminate(timeout=30) == 0
+    assert agent.terminate(timeout=30) == 0
     assert len(_runs(root)) == 3
     assert all(e["status"] == "handled" for e in events(root))
 
@@ -149,7 +158,9 @@ def test_sigterm_stops_within_seconds_and_the_run_resumes(
                          for r in _runs(root) for s in r.steps), 300, "training to start")
     t0 = time.monotonic()
     assert agent.terminate(timeout=20) == 0
-    assert time.monotonic() - t0 < 6
+    # ~1 s on an idle machine (the step is interrupted at once, the process then exits); the
+    # bound leaves room for a loaded CI machine.
+    assert time.monotonic() - t0 < 10, agent.tail()
     (run,) = _runs(root)
     assert run.status is RunStatus.INTERRUPTED
     assert not _pid_alive(run.pid)
@@ -179,8 +190,11 @@ def test_schedule_fires_once_per_slot_across_a_restart(
     assert len(slots) >= 4 and len(set(slots)) == len(slots)
     assert all(s.endswith(".000+00:00") for s in slots)  # whole-second slots
     assert {e["idempotency_key"] for e in fired} == {f"schedule:tick:{s}" for s in slots}
+    # One firing started the run (shown as resumed when the stop came before it was running);
+    # every other was skipped: the run was running, then the cooldown.
     decisions = sorted(str(e["decision"]) for e in fired)
-    assert decisions.count("started") == 1 and set(decisions) == {"started", "skipped"}
+    started = [d for d in decisions if d in ("started", "resumed")]
+    assert len(started) == 1 and set(decisions) == {started[0], "skipped"}
     (run,) = _runs(root)
     assert run.status is RunStatus.FAILED
     failed = wait_for(lambda: [m for m in webhook.received if "failed" in m["title"]], 10,

@@ -12,7 +12,7 @@ import typer
 from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
 from medops.cli.render import console, print_json
 
-agent_app = typer.Typer(help="The agent: triggers, schedules, the retraining loop.")
+agent_app = typer.Typer()  # help: the callback's docstring
 events_app = typer.Typer(help="Events: what arrived, what was decided and why.",
                          no_args_is_help=True)
 
@@ -29,13 +29,27 @@ def agent(ctx: typer.Context, project: Path | None = ProjectOpt,
     """
     if ctx.invoked_subcommand is not None:
         return
+    from datetime import datetime
+
     from medops.agent import Agent
+    from medops.agent.schedule import Schedule
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("watchdog", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    Agent(load_project(project, set_), log_level=level).run()
+    proj = load_project(project, set_)
+
+    def check(slot: datetime) -> None:
+        # imported on first use: the monitor pulls in sklearn and matplotlib
+        from medops.monitor.run import run_monitor
+
+        result = run_monitor(proj, now=slot)  # stores drift.detected itself, keyed by window
+        logging.getLogger("medops.agent").info("monitor at %s: %s", slot.isoformat(),
+                                               result.status)
+
+    monitor = (Schedule(cron=proj.config.monitor.schedule), check)
+    Agent(proj, monitor=monitor, log_level=level).run()
 
 
 @agent_app.command("request")

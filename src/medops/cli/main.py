@@ -13,9 +13,9 @@ from medops.cli.common import JsonOpt, ProjectOpt, handle_errors
 from medops.cli.common import load_project as _project
 from medops.cli.data import data_app
 from medops.cli.models import models_app
+from medops.cli.monitor import monitor
 from medops.cli.predict import batch_predict, predict
 from medops.cli.receive import receive
-from medops.cli.serve import feedback_app, serve
 from medops.cli.render import (
     RichReporter,
     console,
@@ -24,6 +24,7 @@ from medops.cli.render import (
     run_table,
     run_to_dict,
 )
+from medops.cli.serve import feedback_app, serve
 from medops.config import Step
 
 app = typer.Typer(help="MLOps for medical image classifiers.", no_args_is_help=True,
@@ -36,6 +37,7 @@ app.command("predict")(predict)
 app.command("batch-predict")(batch_predict)
 app.command("receive")(receive)
 app.command("serve")(serve)
+app.command("monitor")(monitor)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(agent_app, name="agent")
 app.add_typer(events_app, name="events")

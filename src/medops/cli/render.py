@@ -30,7 +30,8 @@ def _summary(step: str, out: dict[str, Any]) -> str:
         "ingest": ("new", "catalog"), "validate": ("ok", "quarantined", "class_counts"),
         "split": ("dataset_version", "counts"), "preprocess": ("computed", "cached"),
         "train": ("best_epoch", "best_val_auc", "epochs_run", "resumed_from_epoch"),
-        "gate": ("passed", "reasons"), "register": ("registered", "name", "version", "alias", "approval"),
+        "gate": ("passed", "reasons"),
+        "register": ("registered", "name", "version", "alias", "approval"),
     }.get(step, ())
     if step == "evaluate":
         m = out.get("metrics", {})

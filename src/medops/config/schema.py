@@ -22,6 +22,7 @@ from medops.config.enums import (
     WindowMode,
 )
 from medops.config.ingest import DeidConfig, SelectConfig
+from medops.config.monitor import MonitorConfig
 from medops.config.sources import RemoteSourceConfig
 
 
@@ -110,10 +111,11 @@ class AugmentConfig(_Strict):
     translate: float = Field(0.05, ge=0.0, le=0.5)  # fraction of the side
     scale: tuple[float, float] = (0.9, 1.1)
     intensity: float = Field(0.1, ge=0.0, le=1.0)  # random contrast/brightness jitter
+    mixup: float = Field(0.2, ge=0.0)  # mixup's Beta(a, a) parameter; 0: off
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(12, ge=1)
+    epochs: int = Field(24, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -193,6 +195,7 @@ class MedopsConfig(_Strict):
     agent: AgentConfig = AgentConfig()
     notify: NotifyConfig = NotifyConfig()
     serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()  # see config/monitor.py
 
     @property
     def model_name(self) -> str:

@@ -47,6 +47,7 @@ model:
   pretrained: false       # true loads ImageNet weights (needs a download or `weights`)
   weights: null           # a local torchvision weights file, for offline machines
   small_input: auto       # stride-1 stem for images under 64 px
+  flip_tta: auto          # predict on the image and its mirror; auto: when training flips
 
 train:
   epochs: {epochs}
@@ -56,6 +57,7 @@ train:
   device: auto            # auto, cpu, cuda, mps
   seed: 0
   class_weighting: true   # inverse-frequency class weights for imbalanced data
+  ema_epochs: {ema_epochs}         # validate/keep an average of the weights over ~this many epochs
 
 gate:
   metric: auc             # auc, accuracy, balanced_accuracy, f1_macro
@@ -89,10 +91,20 @@ serve:
   max_image_pixels: 50000000  # rows x columns x frames, refused before decoding
   capture: true           # store predictions, statistics and embeddings for monitoring
 
+# `medops monitor` (and the agent, on schedule): live traffic against the training baseline.
+monitor:
+  window: 24h             # the recent capture window checked
+  min_samples: 100        # fewer captured images: no verdict
+  p_value: 0.05           # false-alarm rate of one check, all tests together
+  permutations: 500       # of the embedding MMD test
+  schedule: "0 * * * *"   # cron (UTC) of the agent's check; drift -> event drift.detected
+  quality: {{max_drop: 0.05, min_labels: 50}}  # live metrics vs the version's test metrics
+
 # `medops agent`: what starts a retraining run (decisions: `medops events ls`).
 triggers:
   - {{on: run.requested}}     # `medops agent request`, `medops run --via-agent`
-  - {{on: data.arrived, min_new_items: 100, debounce: 1m}}  # new labelled items since the champion's
+  # data.arrived counts the new labelled items since the champion's dataset
+  - {{on: data.arrived, min_new_items: 100, debounce: 1m}}
   - {{on: drift.detected}}
   # - {{on: schedule, cron: "0 3 1 * *"}}   # or every: 1d
 agent:
@@ -117,5 +129,6 @@ def render_template(project: str, source_path: str = "data/raw") -> str:
         batch_size=train.batch_size,
         lr=train.lr,
         patience=train.patience,
+        ema_epochs=train.ema_epochs,
         gate_min=gate.min,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import numpy as np
 from medops.config import Approval
 from medops.data.manifest import load_manifest
 from medops.evaluate import compute_metrics, plot_confusion_matrix, plot_roc_curves
+from medops.monitor.baseline import BASELINE_FILE, Baseline, ReferenceSplit, build_baseline
 from medops.pipeline.context import RunContext
 from medops.pipeline.gate import decide
 from medops.pipeline.lineage import lineage
@@ -112,7 +114,8 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     profile = run_profile(ctx)
     classes: list[str] = ctx.out("split", "classes")
     test = _arrays(ctx, "test", profile)
-    probs = predict_proba(_load_trained(ctx), test.x)
+    model = _load_trained(ctx)
+    probs = predict_proba(model, test.x)
     metrics = compute_metrics(test.y, probs, classes)
     out = ctx.run_dir / "evaluation"
     out.mkdir(exist_ok=True)
@@ -121,12 +124,34 @@ def evaluate(ctx: RunContext) -> dict[str, Any]:
     plot_roc_curves(test.y, probs, classes, out / "roc_curves.png")
     np.save(out / "test_probs.npy", probs)
     flat = metrics.to_flat_dict()
+    monitoring_baseline(ctx, model, profile, test, probs, flat).save(out / BASELINE_FILE)
     mlrun = ctx.mlflow_run()
     ctx.ws.tracker.log_metrics(mlrun, flat)
     ctx.ws.tracker.log_artifact(mlrun, out, "evaluation")
     # NaN (e.g. AUC of a class absent from the test split) is not JSON: store it as null.
     return {"metrics": {k: (None if v != v else v) for k, v in flat.items()},
-            "folder": str(out)}
+            "folder": str(out), "baseline": str(out / BASELINE_FILE)}
+
+
+def monitoring_baseline(ctx: RunContext, model: Any, profile: PreprocessProfile,
+                        test: ArrayData, test_probs: np.ndarray,
+                        test_metrics: dict[str, float]) -> Baseline:
+    """What `medops monitor` compares live traffic with: validation and test images' features
+    (see medops.monitor.baseline for why these splits)."""
+    cfg = ctx.config.monitor
+    val = _arrays(ctx, "val", profile)
+    splits = [ReferenceSplit("val", val.x, val.y,
+                             [(t.uri, t.frame) for t in manifest_tasks(ctx, "val")]),
+              ReferenceSplit("test", test.x, test.y,
+                             [(t.uri, t.frame) for t in manifest_tasks(ctx, "test")],
+                             probabilities=test_probs)]
+    return build_baseline(model, ctx.out("split", "classes"), profile, splits,
+                          max_rows=cfg.baseline_size, raw_sample=cfg.raw_sample,
+                          seed=ctx.config.train.seed,
+                          meta={"dataset_version": ctx.out("split", "dataset_version"),
+                                "run_id": ctx.run_id,
+                                "test_metrics": {k: v for k, v in test_metrics.items()
+                                                 if v == v}})
 
 
 def _champion_score(ctx: RunContext) -> tuple[str | None, float | None]:
@@ -183,7 +208,10 @@ def register(ctx: RunContext) -> dict[str, Any]:
     shutil.rmtree(package, ignore_errors=True)
     meta = {"dataset_version": dataset, "run_id": ctx.run_id,
             "metrics": ctx.out("evaluate", "metrics"), **lineage(ctx.ws.root)}
-    package_model(_load_trained(ctx), ctx.out("split", "classes"), profile, meta, package)
+    baseline = ctx.outputs["evaluate"].get("baseline")  # absent in runs from older medops
+    extra = {"baseline": Path(baseline)} if baseline and Path(baseline).is_file() else None
+    package_model(_load_trained(ctx), ctx.out("split", "classes"), profile, meta, package,
+                  extra=extra)
     mlrun = ctx.mlflow_run()
     ctx.ws.tracker.log_artifact(mlrun, package, "model")
     metric_tags = {k: f"{v:.4f}" for k, v in ctx.out("evaluate", "metrics").items()

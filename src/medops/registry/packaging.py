@@ -71,8 +71,10 @@ class MedopsImageClassifier(PythonModel):
 
 
 def package_model(model: Classifier, classes: list[str], profile: PreprocessProfile,
-                  meta: dict[str, Any], out_dir: Path) -> Path:
-    """Write the pyfunc model folder to ``out_dir`` (which must not exist)."""
+                  meta: dict[str, Any], out_dir: Path,
+                  extra: dict[str, Path] | None = None) -> Path:
+    """Write the pyfunc model folder to ``out_dir`` (which must not exist). ``extra`` files
+    (e.g. the monitoring baseline) land beside the weights, in ``<out_dir>/artifacts/``."""
     import mlflow.pyfunc
     import torch
     from mlflow.models.signature import ModelSignature
@@ -94,7 +96,8 @@ def package_model(model: Classifier, classes: list[str], profile: PreprocessProf
             path=str(out_dir),
             # Models from code: the model folder names medops' class instead of pickling it.
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"weights": str(weights), "meta": str(meta_file)},
+            artifacts={"weights": str(weights), "meta": str(meta_file),
+                       **{k: str(v) for k, v in (extra or {}).items()}},
             signature=signature,
             # Explicit requirements: MLflow's inference would import-trace the model (slow).
             pip_requirements=[f"medops=={__version__}"],

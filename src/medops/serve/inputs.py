@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from starlette.requests import Request
 
-from medops.config.enums import StrEnum
+from medops.config.enums import StrEnum, WindowMode
 from medops.data import dicom
 from medops.data.images import read_pixels
 from medops.errors import (
@@ -134,22 +134,33 @@ async def _multipart(request: Request, body: bytes) -> list[bytes]:
     return blobs
 
 
-def check_pixels(data: bytes, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` (rows x columns x
-    frames) before anything is decoded: the decompression-bomb guard."""
+def read_checked(data: bytes, window: WindowMode, max_pixels: int) -> np.ndarray:
+    """:func:`~medops.data.images.read_pixels` of a body, after refusing an image whose header
+    declares more than ``max_pixels`` (rows x columns x frames): the decompression-bomb guard,
+    checked before anything is decoded. DICOM runs read_pixels' own steps on the header parsed
+    for the check, so the header is parsed once."""
+    name = f"<{len(data)} bytes>"
     if data[128:132] == b"DICM":
-        header = dicom.read_header(io.BytesIO(data), f"<{len(data)} bytes>")
-        ds = header.dataset
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        total, what = rows * cols * header.n_frames, f"{rows}x{cols}x{header.n_frames} frames"
-    else:
-        try:
-            with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
-                total, what = img.width * img.height, f"{img.height}x{img.width}"
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise PayloadTooLargeError(f"image refused: {exc}") from exc
-        except Exception:
-            return  # not PNG/JPEG: read_pixels gives the precise error
+        f = io.BytesIO(data)
+        header = dicom.read_header(f, name)
+        rows, cols = int(header.dataset.Rows), int(header.dataset.Columns)
+        _check_total(rows * cols * header.n_frames, f"{rows}x{cols}x{header.n_frames} frames",
+                     max_pixels)
+        index = dicom.frame_index(header, None)
+        return dicom.to_display(dicom.decode_stored(f, header, index), header, index, window)
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
+            _check_total(img.width * img.height, f"{img.height}x{img.width}", max_pixels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLargeError(f"image refused: {exc}") from exc
+    except MedopsError:
+        raise
+    except Exception:
+        pass  # not PNG/JPEG: read_pixels gives the precise error
+    return read_pixels(data, frame=None, window=window)
+
+
+def _check_total(total: int, what: str, max_pixels: int) -> None:
     if total > max_pixels:
         raise PayloadTooLargeError(
             f"image of {what} = {total} pixels exceeds the limit of {max_pixels} "
@@ -159,11 +170,10 @@ def check_pixels(data: bytes, max_pixels: int) -> None:
 def prepare(data: bytes, profile: PreprocessProfile, max_pixels: int) -> PreparedImage:
     """Decode and preprocess one image with ``profile``; runs in a worker thread.
 
-    The same two calls as :func:`medops.preprocess.preprocess_bytes` (read_pixels, then
+    The same two steps as :func:`medops.preprocess.preprocess_bytes` (read_pixels, then
     apply_profile), split so that raw intensity statistics come for free."""
-    check_pixels(data, max_pixels)
     try:
-        raw = read_pixels(data, frame=None, window=profile.window)
+        raw = read_checked(data, profile.window, max_pixels)
         x = apply_profile(raw, profile)
     except MedopsError:
         raise

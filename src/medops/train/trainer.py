@@ -3,9 +3,12 @@
 Recipe: AdamW with ``train.lr`` and ``train.weight_decay``; the learning rate warms up linearly
 over the first epoch and then follows a cosine down to zero at ``train.epochs`` (stepped per
 batch; early stopping may end the run before the end of the cosine). The loss is cross-entropy
-with label smoothing 0.1, weighted by inverse class frequency when ``train.class_weighting``.
-After every epoch the model is scored on the validation set; the best epoch's weights are kept
-and returned, and training stops after ``train.patience`` epochs without a better score.
+with label smoothing 0.1, weighted by inverse class frequency when ``train.class_weighting``;
+with ``augment.mixup`` each batch is mixed with a shuffled copy of itself (and so are the two
+losses). With ``train.ema_epochs`` an exponential moving average of the weights
+(:mod:`medops.train.ema`) is what gets scored, kept and returned. After every epoch that model is
+scored on the validation set; the best epoch's weights are kept and returned, and training stops
+after ``train.patience`` epochs without a better score.
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
 classes present). When the validation set holds fewer than two classes AUC is undefined and the
@@ -13,8 +16,8 @@ validation loss decides instead; without a validation set the last epoch is kept
 
 ``checkpoint_dir/last.pt`` is rewritten (atomically) after every epoch, so a killed run started
 again with the same inputs continues after its last finished epoch, and a finished one returns
-at once. Data order and augmentation are drawn from generators seeded by ``(seed, epoch)``, so a
-resumed run sees the same batches as an uninterrupted one.
+at once. Data order, augmentation and mixup are drawn from generators seeded by ``(seed, epoch)``,
+so a resumed run sees the same batches as an uninterrupted one (the EMA is in the checkpoint).
 """
 
 from __future__ import annotations
@@ -321,6 +324,8 @@ class _Run:
         seed = self.cfg.seed * 1_000_003 + epoch
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
         aug_gen = torch.Generator().manual_seed(seed + 7_919)
+        mixup = self.cfg.augment.mixup if self.cfg.augment is not None else 0.0
+        mix_rng = np.random.default_rng(seed + 104_729)
         total = torch.zeros((), device=self.device)
         seen = 0
         bs = self.cfg.batch_size
@@ -330,10 +335,16 @@ class _Run:
             y = self.y_train[idx].to(self.device, non_blocking=True)
             if self.augment is not None:
                 x = self.augment(x, aug_gen)
-            logits = self.model(x.contiguous(memory_format=self.memory_format))
-            loss = F.cross_entropy(
-                logits, y, weight=self.loss_weight, label_smoothing=LABEL_SMOOTHING
-            )
+            if mixup > 0:
+                # mixup: a convex mix of the batch with a shuffled copy, and of their losses
+                lam = float(mix_rng.beta(mixup, mixup))
+                partner = torch.from_numpy(mix_rng.permutation(len(idx))).to(self.device)
+                x = torch.lerp(x[partner], x, lam)
+                logits = self.model(x.contiguous(memory_format=self.memory_format))
+                loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[partner])
+            else:
+                logits = self.model(x.contiguous(memory_format=self.memory_format))
+                loss = self._loss(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -350,6 +361,9 @@ class _Run:
                 f"fix: lower train.lr (now {self.cfg.lr})"
             )
         return train_loss
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=self.loss_weight, label_smoothing=LABEL_SMOOTHING)
 
     def _monitored(self, score: ValScore, epoch: int) -> float:
         """Higher is better."""

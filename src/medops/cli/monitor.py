@@ -1,0 +1,46 @@
+"""`medops monitor`: compare the live model's recent traffic with its training baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
+from medops.cli.render import console, print_json
+
+
+@handle_errors
+def monitor(window: str | None = typer.Option(None, "--window",
+                                              help="Capture window to check, e.g. 1h, 24h, "
+                                                   "7d (default: monitor.window)."),
+            version: str | None = typer.Option(None, "--version",
+                                               help="Model version (default: the champion)."),
+            project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Check drift and live quality of the model now; store the report and, on drift, the
+    event drift.detected (the agent runs this on monitor.schedule).
+
+    Example: medops monitor --window 24h
+    """
+    from medops.monitor.run import run_monitor
+
+    proj = load_project(project)
+    result = run_monitor(proj, window=window, version=version)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    colour = {"drift": "red", "ok": "green"}.get(result.status.value, "yellow")
+    console.print(f"[{colour}]{result.status.value}[/{colour}] {result.message}",
+                  highlight=False)
+    if result.drift is not None:
+        for t in result.drift.drifted:
+            console.print(f"  drift: {t.name} p={t.p_value:.3g} (threshold {t.threshold:.3g})",
+                          highlight=False)
+    if result.quality is not None:
+        for c in result.quality.degraded:
+            console.print(f"  quality: {c.name} {c.live:.3f} vs test {c.reference:.3f}",
+                          highlight=False)
+    if result.report is not None:
+        console.print(f"report: {result.report}", highlight=False)
+    if result.event_id is not None:
+        console.print(f"event drift.detected #{result.event_id} stored", highlight=False)
