@@ -417,3 +417,31 @@ def test_ingest_remote_lands_deidentified_instances_with_the_reference_pixels(
         assert again.new == 0 and _waiting(sqs, url) == 0
     finally:
         state.close()
+
+
+def test_an_image_set_that_does_not_decode_is_quarantined_and_the_rest_goes_on(
+        server: tuple[str, FakeHealthImaging], shared_data: Path, tmp_path: Path) -> None:
+    from medops.config import parse_config
+    from medops.data.ingest import IngestSettings, ingest_remote
+    from medops.storage import ItemStatus, StateStore
+
+    endpoint, fake = server
+    header, frames, syntax = _stored(shared_data / "dicom" / "htj2k" / "CT1_JPH.dcm")
+    broken = fake.add_image_set(DATASTORE, [(header, [frames[0][: len(frames[0]) // 3]],
+                                             syntax)])
+    good = fake.add_image_set(
+        DATASTORE, [_stored(shared_data / "dicom" / "htj2k" / "MR1_JPH.dcm")])
+    settings = IngestSettings.from_config(parse_config({"project": "p"}).data,
+                                          b"healthimaging-test-secret-0123")
+    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    source = _source(endpoint, image_set_ids=[broken, good])
+    try:
+        report = ingest_remote(source, state, tmp_path / "landing", settings)
+        items = state.items(source="ahi")
+        assert report.quarantined == 1 and report.new == 2
+        bad = [i for i in items if i.status is ItemStatus.QUARANTINED]
+        assert len(bad) == 1 and broken in (bad[0].reason or "")  # the reason names the set
+        ok = [i for i in items if i.status is ItemStatus.PENDING]
+        assert len(ok) == 1 and pydicom.dcmread(ok[0].uri).PatientIdentityRemoved == "YES"
+    finally:
+        state.close()
