@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from medops.cli.render import err_console
 from medops.config import parse_override
@@ -27,7 +28,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MedopsError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
             raise typer.Exit(exit_code_for(exc)) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]: `medops runs resume ID` continues")

@@ -51,6 +51,6 @@ def remote_config_for_uri(uri: str) -> tuple[str, Any]:
 
         return f"healthimaging://{host}", config_for_uri(uri)
     raise ConfigError(f"cannot import {uri!r}: source URIs are s3://BUCKET/PREFIX, an "
-                      "http(s):// DICOMweb root or healthimaging://DATASTORE[/IMAGESET]; other "
+                      "http(s):// DICOMweb root or healthimaging://DATASTORE/IMAGESET; other "
                       "sources go in data.sources and are imported with --source NAME")
 
