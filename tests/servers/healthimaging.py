@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+
+from tests.servers.http import serve_in_thread
 
 _PATIENT = {"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "IssuerOfPatientID",
             "OtherPatientIDsSequence", "PatientAge", "PatientWeight", "PatientSize"}
@@ -263,13 +265,5 @@ class _Handler(BaseHTTPRequestHandler):
 def running_healthimaging() -> Iterator[tuple[str, FakeHealthImaging]]:
     """(endpoint URL, state) of a server on a free loopback port, stopped on exit."""
     fake = FakeHealthImaging()
-    handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_in_thread(_Handler, fake) as url:
+        yield url, fake

@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.servers.http import serve_in_thread
 
 _NS = ('xmlns:xnat="http://nrg.wustl.edu/xnat" xmlns:xdat="http://nrg.wustl.edu/xdat" '
        'xmlns:xs="http://www.w3.org/2001/XMLSchema"')
@@ -337,13 +338,5 @@ class _Handler(BaseHTTPRequestHandler):
 def running_xnat() -> Iterator[tuple[str, FakeXnat]]:
     """(base URL, state) of a server on a free loopback port, stopped on exit."""
     fake = FakeXnat()
-    handler = type("Handler", (_Handler,), {"fake": fake})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serve_in_thread(_Handler, fake) as url:
+        yield url, fake

@@ -8,8 +8,7 @@ metrics: numbers and feature names only, never an identifier of an image.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -26,10 +25,9 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from medops.errors import StoreError
+from medops.storage.session import table_sessions, transaction
 
 
 @dataclass
@@ -81,19 +79,10 @@ class MonitorResults:
     """Rows of ``monitor_results`` on ``engine`` (the state store's)."""
 
     def __init__(self, engine: Engine) -> None:
-        try:
-            _Base.metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create the monitor_results table: {exc}") from exc
-        self._session = sessionmaker(engine, expire_on_commit=False)
+        self._session = table_sessions(engine, _Base.metadata, "monitor_results")
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with self._session.begin() as session:
-            try:
-                yield session
-            except SQLAlchemyError as exc:
-                raise StoreError(f"state store error (monitor_results): {exc}") from exc
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self._session, "monitor_results", integrity_passes=False)
 
     def record(self, r: MonitorRecord) -> int:
         """Store ``r`` (replacing the row of the same model, version and window end); its id."""

@@ -10,17 +10,17 @@ in its own module, so the receiver's bookkeeping stays out of the general store.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from medops.errors import StoreError
+from medops.storage.session import table_sessions, transaction
 
 
 class ReceivedStatus(str, enum.Enum):
@@ -73,21 +73,10 @@ class ReceivedIndex:
     """Rows of ``received_instances`` on ``engine`` (the state store's)."""
 
     def __init__(self, engine: Engine) -> None:
-        try:
-            _Base.metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot create the received_instances table: {exc}") from exc
-        self._session = sessionmaker(engine, expire_on_commit=False)
+        self._session = table_sessions(engine, _Base.metadata, "received_instances")
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with self._session.begin() as session:
-            try:
-                yield session
-            except IntegrityError:
-                raise
-            except SQLAlchemyError as exc:
-                raise StoreError(f"state store error (received_instances): {exc}") from exc
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self._session, "received_instances")
 
     def add(self, inst: ReceivedInstance) -> bool:
         """Index ``inst``; False when that SOP instance is already indexed (a duplicate)."""

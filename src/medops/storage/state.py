@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from medops.errors import DependencyMissingError, NotFoundError, StoreError
@@ -49,6 +49,7 @@ from medops.storage.records import (
     StepRecord,
     StepStatus,
 )
+from medops.storage.session import transaction
 
 
 def utcnow() -> datetime:
@@ -222,15 +223,8 @@ class StateStore:
         """The engine, for tables kept in their own modules (e.g. storage/received.py)."""
         return self._engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        with self._session.begin() as session:
-            try:
-                yield session
-            except IntegrityError:
-                raise
-            except SQLAlchemyError as exc:
-                raise StoreError(f"state store error: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self._session, "state")
 
     # -- runs and steps -------------------------------------------------------------------
     def create_run(self, run_id: str, trigger: str, config: dict[str, Any],
