@@ -33,7 +33,7 @@ def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (fo
     """
     from medops.monitor import CaptureStore
     from medops.registry import ModelRegistry
-    from medops.serve import ModelRef, create_app, run_server
+    from medops.serve import ModelRef, create_app, forward_workers, run_server, share_cores
 
     proj = load_project(project)
     cfg = proj.config.serve
@@ -50,7 +50,10 @@ def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (fo
     app = create_app(registry, cfg, ref=ref, capture=CaptureStore.under(proj.artifacts),
                      token=token)
     bind_host, bind_port = host or cfg.host, cfg.port if port is None else port
-    console.print(f"serving {ref} on http://{bind_host}:{bind_port} (docs at /docs)"
+    workers = forward_workers(cfg.workers)
+    threads = share_cores(workers)
+    console.print(f"serving {ref} on http://{bind_host}:{bind_port} (docs at /docs); "
+                  f"{workers} forward worker(s) x {threads} torch thread(s)"
                   + (", bearer token required" if token else ""), highlight=False)
     run_server(app, bind_host, bind_port, access_log=access_log)
 

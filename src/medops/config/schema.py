@@ -170,6 +170,8 @@ class ServeConfig(_Strict):
     model: str | None = None  # NAME@alias or NAME/VERSION; default "<registry name>@champion"
     max_batch: int = Field(32, ge=1, le=1024)  # images per forward pass
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)  # wait for a batch to fill
+    # forward passes at once, each on its own batch and torch threads; None: one per core (<= 4)
+    workers: int | None = Field(None, ge=1, le=64)
     poll_seconds: float = Field(10.0, gt=0.0)  # how often the alias is checked for a new version
     token_env: str | None = None  # env var holding the bearer token; None: no auth
     max_body_mb: float = Field(32.0, gt=0.0)

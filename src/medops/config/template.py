@@ -85,6 +85,8 @@ serve:
   model: null             # NAME@alias or NAME/VERSION; null = <registry name>@champion
   max_batch: 32           # images per forward pass (dynamic micro-batching)
   max_wait_ms: 5          # how long a batch may wait to fill while requests are arriving
+  workers: null           # forward passes run at once; null = one per core (at most 4), the
+                          # cores' torch threads shared out between them; 1 = lowest latency
   poll_seconds: 10        # how often the alias is checked; a new version is swapped in live
   token_env: null         # env variable holding a bearer token; null = no authentication
   max_body_mb: 32

@@ -11,7 +11,7 @@ from medops.serve.batch import (
     list_inputs,
 )
 from medops.serve.host import Deployment, ModelHost
-from medops.serve.server import run_server
+from medops.serve.server import forward_workers, run_server, share_cores
 
 __all__ = [
     "BatchSummary",
@@ -23,6 +23,8 @@ __all__ = [
     "Predictor",
     "batch_predict",
     "create_app",
+    "forward_workers",
     "list_inputs",
     "run_server",
+    "share_cores",
 ]

@@ -40,6 +40,7 @@ from medops.serve.host import Deployment, ModelHost, ModelRef
 from medops.serve.http_errors import install_handlers
 from medops.serve.inputs import ACCEPTED, PreparedImage, prepare, split_images
 from medops.serve.metrics import ServeMetrics
+from medops.serve.server import forward_workers
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -97,7 +98,8 @@ def create_app(registry: ModelRegistry, cfg: ServeConfig, *, ref: ModelRef | Non
 
     srv = _Server(
         cfg=cfg, host=ModelHost(registry, ref, cfg.poll_seconds, on_swap=on_swap),
-        batcher=MicroBatcher(cfg.max_batch, cfg.max_wait_ms, on_batch=metrics.observe_batch),
+        batcher=MicroBatcher(cfg.max_batch, cfg.max_wait_ms, forward_workers(cfg.workers),
+                             on_batch=metrics.observe_batch),
         metrics=metrics, writer=CaptureWriter(capture) if capture is not None else None,
         token=token, pool=ThreadPoolExecutor(min(8, os.cpu_count() or 1),
                                              thread_name_prefix="medops-prep"))

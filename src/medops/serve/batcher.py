@@ -1,13 +1,16 @@
 """Dynamic micro-batching: many concurrent requests, one forward pass per batch.
 
-Preprocessed images wait in an asyncio queue. One worker takes the first, then whatever else
-is queued, up to ``max_batch``; it waits (at most ``max_wait_ms``) for more only while other
-requests are still being preprocessed, so a lone request never pays the wait. The forward pass
-runs in a single dedicated thread, and while it runs the queue fills: under load the batches
-grow by themselves. Each image carries the deployment it was preprocessed for; a batch that
-straddles a model swap runs as one forward per deployment. A request that finds the batcher
-idle hands in its undecoded image instead, decoded in the forward thread: one thread
-hand-off fewer for a lone request, while under load decoding overlaps the forward pass.
+Preprocessed images wait in an asyncio queue. A free worker takes the first, then whatever
+else is queued, up to ``max_batch``; it waits (at most ``max_wait_ms``) for more only while
+other requests are still being preprocessed, so a lone request never pays the wait. Each worker
+runs its forward passes in a thread of its own, and while they run the queue fills: under load
+the batches grow by themselves. Several workers (``serve.workers``, by default one per core with
+one torch thread each) keep every core busy with a batch of its own, instead of one batch whose
+threads wait for each other at every layer. Each image carries the deployment it was
+preprocessed for; a batch that straddles a model swap runs as one forward per deployment. A
+request that finds a worker free and nothing queued hands in its undecoded image instead,
+decoded in the forward thread: one thread hand-off fewer for a lone request, while under load
+decoding overlaps the forward passes.
 """
 
 from __future__ import annotations
@@ -33,21 +36,15 @@ log = logging.getLogger(__name__)
 def forward(loaded: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities (N, K) and penultimate embeddings (N, F) from one forward pass.
 
-    The probabilities come from ``model(x)`` itself, whatever it does in eval mode (test-time
-    flips included), so they equal ``predict_proba``; the embedding is the input of the head,
-    caught on the way (its first N rows: the images as sent, not their flipped copies)."""
+    The probabilities are ``model(x)``'s, whatever it does in eval mode (test-time flips
+    included), so they equal ``predict_proba``. Safe to call from several threads at once."""
     import torch
 
-    model = loaded.model
-    caught: list[torch.Tensor] = []
-    hook = model.head.register_forward_hook(lambda _m, args, _out: caught.append(args[0]))
-    try:
-        with torch.inference_mode():
-            logits = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-            probs = torch.softmax(logits.float(), dim=1)
-    finally:
-        hook.remove()
-    return probs.numpy(), caught[0][: len(x)].float().numpy()
+    with torch.inference_mode():
+        logits, features = loaded.model.logits_and_features(
+            torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        probs = torch.softmax(logits.float(), dim=1)
+    return probs.numpy(), features.float().numpy()
 
 
 @dataclass
@@ -70,34 +67,39 @@ class _Item:
 
 
 class MicroBatcher:
-    def __init__(self, max_batch: int, max_wait_ms: float,
+    def __init__(self, max_batch: int, max_wait_ms: float, workers: int = 1,
                  on_batch: Callable[[int], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"a batcher needs at least one worker, got {workers}")
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
+        self.workers = workers
         self._on_batch = on_batch
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._arrived = asyncio.Event()
         self._preparing = 0  # requests admitted and still in preprocessing
-        self._busy = False  # a batch is being run
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="medops-forward")
-        self._task: asyncio.Task[None] | None = None
+        self._busy = 0  # workers running a batch
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="medops-forward")
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def idle(self) -> bool:
-        """Nothing queued, preprocessing or running: a lone request's image can be decoded
-        in the forward thread itself, saving a thread hand-off."""
-        return not self._busy and self._preparing == 0 and self._queue.empty()
+        """A worker is free and nothing is queued or preprocessing: a lone request's image can
+        be decoded in the forward thread itself, saving a thread hand-off."""
+        return self._busy < self.workers and self._preparing == 0 and self._queue.empty()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._work(), name="medops-batcher")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._work(), name=f"medops-batcher-{i}")
+                       for i in range(self.workers)]
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Finish what is queued, then stop the workers."""
         while not self._queue.empty() or self._busy:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._pool.shutdown(wait=True)
 
     def preparing(self, delta: int) -> None:
@@ -115,7 +117,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            self._busy = True
+            self._busy += 1
             try:
                 deadline = loop.time() + self.max_wait
                 while len(batch) < self.max_batch:
@@ -134,7 +136,7 @@ class MicroBatcher:
                         break
                 await self._run(loop, batch)
             finally:
-                self._busy = False
+                self._busy -= 1
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         groups: dict[int, list[_Item]] = {}

@@ -8,10 +8,29 @@ store: the process is gone well within SageMaker's 30 s.
 from __future__ import annotations
 
 import logging
+import os
 
 from fastapi import FastAPI
 
 GRACEFUL_SECONDS = 20
+#: ``serve.workers: null`` means one worker per core, up to this many: past it, batches get
+#: too small to pay for themselves and threads per forward pass serve latency better.
+MAX_AUTO_WORKERS = 4
+
+
+def forward_workers(configured: int | None) -> int:
+    """How many forward passes run at once: ``serve.workers``, else one per core (capped)."""
+    return configured or max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+
+
+def share_cores(workers: int) -> int:
+    """Give each of ``workers`` concurrent forward passes its share of the cores as torch
+    threads (a process-wide setting, so only a serving process calls this). Returns it."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "info",

@@ -114,10 +114,18 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, shape (N, num_classes); in eval mode flip-averaged when ``spec.flip_tta``."""
+        return self.logits_and_features(x)[0]
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x)`` and ``embed(x)`` from one pass through the backbone (the features of
+        the images as given, not of their flipped copies)."""
         if self.training or not self.spec.flip_tta:
-            return self.head(self.backbone(x))
-        logits = self.head(self.backbone(torch.cat([x, x.flip(-1)])))
-        return (logits[: len(x)] + logits[len(x) :]) / 2
+            features = self.backbone(x)
+            return self.head(features), features
+        both = self.backbone(torch.cat([x, x.flip(-1)]))
+        logits = self.head(both)
+        n = len(x)
+        return (logits[:n] + logits[n:]) / 2, both[:n]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features, shape (N, F): the input of the head."""

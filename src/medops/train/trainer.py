@@ -14,10 +14,11 @@ The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-
 classes present). When the validation set holds fewer than two classes AUC is undefined and the
 validation loss decides instead; without a validation set the last epoch is kept.
 
-``checkpoint_dir/last.pt`` is rewritten (atomically) after every epoch, so a killed run started
-again with the same inputs continues after its last finished epoch, and a finished one returns
-at once. Data order, augmentation and mixup are drawn from generators seeded by ``(seed, epoch)``,
-so a resumed run sees the same batches as an uninterrupted one (the EMA is in the checkpoint).
+``checkpoint_dir/last.pt`` is rewritten (atomically, in the background while the next epoch
+trains) after every epoch, so a killed run started again with the same inputs continues after
+its last written epoch, and a finished one returns at once. Data order, augmentation and mixup
+are drawn from generators seeded by ``(seed, epoch)``, so a resumed run sees the same batches
+as an uninterrupted one (the EMA is in the checkpoint).
 """
 
 from __future__ import annotations
@@ -44,10 +45,10 @@ from medops.train.augment import BatchAugmenter
 from medops.train.checkpoint import (
     CHECKPOINT_FILE,
     FORMAT_VERSION,
+    CheckpointWriter,
     fingerprint,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from medops.train.device import resolve_device
@@ -244,6 +245,7 @@ class _Run:
         self.monitor = _monitor_for(val)
         self._finished = False
         self._stopped_early = False
+        self._writer = CheckpointWriter()
 
     def _batches_per_epoch(self) -> int:
         n, bs = len(self.train), self.cfg.batch_size
@@ -261,7 +263,7 @@ class _Run:
             return self._result(resumed, self._stopped_early)
         start = (resumed or 0) + 1
         stopped_early = False
-        with TrainProgress(
+        with self._writer.open(), TrainProgress(
             enabled=progress,
             epochs=self.cfg.epochs,
             steps_per_epoch=self.steps_per_epoch,
@@ -384,7 +386,7 @@ class _Run:
 
     def _save(self, epoch: int, *, finished: bool, stopped_early: bool) -> None:
         best_is_current = self.best_epoch == epoch
-        save_checkpoint(
+        self._writer.submit(
             self.path,
             {
                 "format": FORMAT_VERSION,
