@@ -44,9 +44,10 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
                                   n_patients=20, images_per_patient=3, size=48)
 
 
-def make_agent_project(root: Path, data: Path | None = None, **settings: Any) -> Path:
+def make_agent_project(root: Path, data: Path | None = None, name: str = "agent-test",
+                       **settings: Any) -> Path:
     """A project folder whose medops.yaml holds AGENT_FAST plus ``settings`` (dotted keys)."""
-    Project.init(root, name="agent-test")
+    Project.init(root, name=name)
     raw = yaml.safe_load((root / "medops.yaml").read_text())
     for dotted, value in {**AGENT_FAST, **settings}.items():
         node = raw

@@ -88,6 +88,52 @@ def test_cooldown_holds_automatic_triggers_but_not_a_person() -> None:
     assert [(e.id, why) for e, why in out.start] == [(3, "requested by dr-lee")]
 
 
+def _drift_policy(min_new_items: int) -> Policy:
+    cfg = parse_config({"project": "p", "triggers": [
+        {"on": "drift.detected", "min_new_items": min_new_items},
+        {"on": "data.arrived", "min_new_items": 500, "debounce": 0}]})
+    return Policy(cfg.triggers, cfg.agent)
+
+
+def _drift(id_: int, version: str = "1") -> EventRecord:
+    return _event(id_, "drift.detected", version=version, reasons=["embedding", "intensity"])
+
+
+def test_drift_waits_for_enough_new_labelled_data() -> None:
+    out = _drift_policy(50).decide([_drift(1)], NOW, None, None, _data(12), lambda: "1")
+    d = out.decisions[1]
+    assert (d.status, d.verdict) == (DecisionStatus.HANDLED, Verdict.SKIPPED)
+    assert d.reason == ("v1 drifted (embedding, intensity), but only 12 new labelled item(s) "
+                        "< min_new_items 50 since the champion's dataset ds-abc")
+    assert not out.start
+
+
+def test_drift_with_enough_new_data_starts_a_run_counting_once() -> None:
+    count = _data(60)
+    out = _drift_policy(50).decide([_drift(1), _event(2, "data.arrived")], NOW, None, None,
+                                   count, lambda: "1")
+    assert [(e.id, why) for e, why in out.start] == [(1, (
+        "v1 drifted (embedding, intensity); 60 new labelled item(s) >= min_new_items 50 since "
+        "the champion's dataset ds-abc"))]
+    assert out.decisions[2].reason.startswith("only 60 new labelled item(s) < min_new_items 500")
+    assert len(count.calls) == 1  # one count per decision, however many triggers need it
+
+
+def test_drift_of_a_replaced_version_starts_nothing() -> None:
+    """Alarms about v1 stored while the run that replaced v1 was going are moot once v2 is
+    live: they must not start a second retraining on the same data."""
+    count = _data(0)
+    out = _drift_policy(0).decide([_drift(1, "1"), _drift(2, "2")], NOW, None, None, count,
+                                  lambda: "2")
+    assert out.decisions[1].verdict is Verdict.SKIPPED
+    assert out.decisions[1].reason == "v1 drifted but is no longer live (the champion is v2)"
+    assert [(e.id, why) for e, why in out.start] == [(2, "v2 drifted (embedding, intensity)")]
+    assert not count.calls  # min_new_items 0: no count needed
+    # Moot at once: not held back by the cooldown after the run that replaced v1.
+    cooling = _drift_policy(0).decide([_drift(3, "1")], NOW, None, NOW, count, lambda: "2")
+    assert cooling.decisions[3].reason == "v1 drifted but is no longer live (the champion is v2)"
+
+
 def test_events_without_a_trigger_are_ignored() -> None:
     cfg = parse_config({"project": "p", "triggers": [{"on": "run.requested"}]})
     out = Policy(cfg.triggers, cfg.agent).decide(

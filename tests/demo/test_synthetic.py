@@ -25,10 +25,13 @@ from pydicom.uid import (
 
 from medops.demo.synthetic import (
     LABELS,
+    NEW_DETECTOR,
     NODULE,
     NORMAL,
+    Acquisition,
     Breakage,
     SyntheticDataset,
+    SyntheticImage,
     make_synthetic_dataset,
 )
 
@@ -227,6 +230,40 @@ def test_small_and_odd_sizes(tmp_path: Path) -> None:
     assert two.class_counts == {NORMAL: 1, NODULE: 1}
     with pytest.raises(ValueError, match="n_patients"):
         make_synthetic_dataset(tmp_path / "none", n_patients=0)
+
+
+def _noise(values: np.ndarray, gain: float) -> float:
+    """Pixel-to-pixel noise in units of the image's [0, 1] range (anatomy is smooth at this
+    scale, so neighbouring differences are mostly noise)."""
+    return float(np.median(np.abs(np.diff(values.astype(float), axis=1)))) / gain
+
+
+def test_a_new_detector_brings_new_patients_and_other_pixels(
+    dataset: SyntheticDataset, tmp_path: Path
+) -> None:
+    new = make_synthetic_dataset(
+        tmp_path / "new", n_patients=6, seed=1, first_patient=101, acquisition=NEW_DETECTOR,
+        corrupt_examples=False,
+    )
+    assert {im.patient_id for im in new.images} == {f"SYN-{n:04d}" for n in range(101, 107)}
+    assert {im.path.name for im in new.images}.isdisjoint(im.path.name for im in dataset.images)
+    uids = {pydicom.dcmread(im.path).SOPInstanceUID for im in dataset.images}
+    assert uids.isdisjoint(pydicom.dcmread(im.path).SOPInstanceUID for im in new.images)
+
+    def pixels(images: list[SyntheticImage]) -> list[np.ndarray]:
+        return [_monochrome2(pydicom.dcmread(im.path)) for im in images]
+
+    old_px, new_px = pixels(dataset.images[:24]), pixels(new.images)
+    lo, hi = NEW_DETECTOR.offset, NEW_DETECTOR.offset + NEW_DETECTOR.gain
+    assert all(lo <= a.min() and a.max() <= hi for a in new_px)  # its narrower range
+    assert max(a.max() for a in old_px) > hi and min(a.min() for a in old_px) < lo
+    old_noise = np.median([_noise(a, Acquisition().gain) for a in old_px])
+    new_noise = np.median([_noise(a, NEW_DETECTOR.gain) for a in new_px])
+    assert new_noise > 2 * old_noise  # 3x the quantum noise, relative to the range
+    with pytest.raises(ValueError, match="offset \\+ gain <= 4095"):
+        Acquisition(offset=1000, gain=3500)
+    with pytest.raises(ValueError, match="first_patient"):
+        make_synthetic_dataset(tmp_path / "bad", first_patient=0)
 
 
 def test_default_dataset_is_fast(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ from medops.storage import (
 
 if TYPE_CHECKING:  # the pipeline (torch, MLflow) loads in the run processes, not here
     from medops.executor import Executor
-    from medops.registry import ModelRegistry
+    from medops.registry import ModelRegistry, ModelVersionInfo
 
 log = logging.getLogger("medops.agent")
 
@@ -282,7 +282,8 @@ class Agent:
             self._wake_at = None
             return
         outcome = self.policy.decide(triggers, now, self._running(),
-                                     self.state.last_run_finished_at(), self._new_items)
+                                     self.state.last_run_finished_at(), self._new_items,
+                                     self._champion_version)
         for event in triggers:
             assert event.id is not None
             if event.id in outcome.decisions:
@@ -318,15 +319,21 @@ class Agent:
         return count_new_items(self.ws, self._champion_dataset())
 
     def _champion_dataset(self) -> str | None:
+        champion = self._champion("counting new data since the last run")
+        return champion.tags.get("dataset_version") if champion else None
+
+    def _champion_version(self) -> str | None:
+        champion = self._champion("not checking whether a drift alarm is stale")
+        return champion.version if champion else None
+
+    def _champion(self, otherwise: str) -> ModelVersionInfo | None:
         from medops.registry import CHAMPION
 
         try:
-            champion = self.ws.registry.by_alias(CHAMPION)
-        except Exception as exc:  # tracking unreachable: count since the last run instead
-            log.warning("cannot read the champion (%s); counting new data since the last run",
-                        type(exc).__name__)
+            return self.ws.registry.by_alias(CHAMPION)
+        except Exception as exc:  # tracking unreachable: decide without it
+            log.warning("cannot read the champion (%s); %s", type(exc).__name__, otherwise)
             return None
-        return champion.tags.get("dataset_version") if champion else None
 
     # -- runs -----------------------------------------------------------------------------
     def _start_run(self, start: list[tuple[EventRecord, str]]) -> None:

@@ -10,7 +10,10 @@ Rules, in order, for each event:
 4. ``data.arrived``: ``debounced`` until the trigger's quiet time after the newest arrival has
    passed, then the "sufficient data?" check: at least ``min_new_items`` new labelled valid items
    since the champion's dataset, else ``skipped`` with the count;
-5. everything still standing wants a run: one run starts for the first such event and the others
+5. ``drift.detected``: the same "sufficient data?" check when its trigger sets
+   ``min_new_items``; and, before rules 2 and 3, ``skipped`` when the version that drifted is no
+   longer the champion (a run replaced it while the alarm waited: retraining again is moot);
+6. everything still standing wants a run: one run starts for the first such event and the others
    are ``coalesced`` into it.
 
 The policy only decides; :mod:`medops.agent.loop` writes the decisions and starts the run.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from medops.agent.newdata import NewData
 from medops.config.agent import (
@@ -39,6 +43,7 @@ DRIFT_DETECTED = "drift.detected"
 RUN_REQUESTED = "run.requested"
 SCHEDULE_FIRED = "schedule.fired"
 TRIGGER_EVENTS = (DATA_ARRIVED, DRIFT_DETECTED, RUN_REQUESTED, SCHEDULE_FIRED)
+T = TypeVar("T")
 
 
 class Verdict(StrEnum):
@@ -88,11 +93,15 @@ class Policy:
         return None
 
     def decide(self, events: Sequence[EventRecord], now: datetime, running: str | None,
-               last_finished: datetime | None,
-               new_items: Callable[[], NewData]) -> Outcome:
-        """Decide about ``events`` (trigger events not claimed by a run), oldest first."""
+               last_finished: datetime | None, new_items: Callable[[], NewData],
+               champion: Callable[[], str | None] | None = None) -> Outcome:
+        """Decide about ``events`` (trigger events not claimed by a run), oldest first.
+        ``new_items`` and ``champion`` (the live version) are only called when needed."""
         out = Outcome()
+        new_items = _once(new_items)
+        live = _once(champion or (lambda: None))
         arrivals: list[tuple[EventRecord, DataArrivedTrigger]] = []
+        drifts: list[tuple[EventRecord, DriftTrigger]] = []
         cooling_until = last_finished + self.cooldown if last_finished else None
         if cooling_until is not None and cooling_until <= now:
             cooling_until = None
@@ -105,6 +114,9 @@ class Policy:
                         else f"`on: {event.kind}`")
                 out.decisions[event.id] = Decision(DecisionStatus.HANDLED, Verdict.IGNORED,
                                                    f"no {what} trigger in medops.yaml")
+            elif isinstance(trigger, DriftTrigger) and (stale := _replaced(event, live)):
+                out.decisions[event.id] = Decision(DecisionStatus.HANDLED, Verdict.SKIPPED,
+                                                   stale)
             elif running is not None:
                 out.decisions[event.id] = (
                     Decision(DecisionStatus.HANDLED, Verdict.SKIPPED,
@@ -120,10 +132,14 @@ class Policy:
                 out.wake_at = _earliest(out.wake_at, cooling_until)
             elif isinstance(trigger, DataArrivedTrigger):
                 arrivals.append((event, trigger))
+            elif isinstance(trigger, DriftTrigger):
+                drifts.append((event, trigger))
             else:
                 out.start.append((event, _why(event)))
         if arrivals:
             self._arrivals(arrivals, now, new_items, out)
+        if drifts:
+            self._drifts(drifts, new_items, out)
         out.start.sort(key=lambda pair: pair[0].id or 0)
         return out
 
@@ -153,6 +169,47 @@ class Policy:
                 f"only {data.count} new labelled item(s) < min_new_items "
                 f"{trigger.min_new_items} since {data.since}")
 
+    def _drifts(self, drifts: list[tuple[EventRecord, DriftTrigger]],
+                new_items: Callable[[], NewData], out: Outcome) -> None:
+        for event, trigger in drifts:
+            assert event.id is not None
+            if not trigger.min_new_items:
+                out.start.append((event, _why(event)))
+                continue
+            data, least = new_items(), trigger.min_new_items
+            if data.count >= least:
+                out.start.append((event, f"{_why(event)}; {data.count} new labelled item(s) "
+                                         f">= min_new_items {least} since {data.since}"))
+            else:
+                out.decisions[event.id] = Decision(
+                    DecisionStatus.HANDLED, Verdict.SKIPPED,
+                    f"{_why(event)}, but only {data.count} new labelled item(s) < "
+                    f"min_new_items {least} since {data.since}")
+
+
+def _replaced(event: EventRecord, live: Callable[[], str | None]) -> str | None:
+    """Why a drift alarm is moot, if it is: the version it is about is no longer live."""
+    version = event.payload.get("version")
+    if version is None:
+        return None
+    champion = live()
+    if champion is None or champion == str(version):
+        return None
+    return f"v{version} drifted but is no longer live (the champion is v{champion})"
+
+
+def _once(read: Callable[[], T]) -> Callable[[], T]:
+    """``read`` called at most once per decision (counting new items validates pending ones
+    and reads a manifest; the champion is a tracking-server call)."""
+    memo: list[T] = []
+
+    def once() -> T:
+        if not memo:
+            memo.append(read())
+        return memo[0]
+
+    return once
+
 
 def _why(event: EventRecord) -> str:
     if event.kind == SCHEDULE_FIRED:
@@ -160,6 +217,11 @@ def _why(event: EventRecord) -> str:
     if event.kind == RUN_REQUESTED:
         by = event.payload.get("by")
         return f"requested by {by}" if by else "requested"
+    if event.kind == DRIFT_DETECTED and event.payload.get("version") is not None:
+        reasons = event.payload.get("reasons")
+        what = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons \
+            else ""
+        return f"v{event.payload['version']} drifted{what}"
     return f"{event.kind}"
 
 

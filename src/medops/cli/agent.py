@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import getpass
 import logging
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
 from medops.cli.render import console, print_json
+
+if TYPE_CHECKING:  # the agent's modules load when a command needs them
+    from medops.agent import MonitorJob
+    from medops.project import Project
 
 agent_app = typer.Typer()  # help: the callback's docstring
 events_app = typer.Typer(help="Events: what arrived, what was decided and why.",
@@ -29,16 +34,19 @@ def agent(ctx: typer.Context, project: Path | None = ProjectOpt,
     """
     if ctx.invoked_subcommand is not None:
         return
-    from datetime import datetime
-
     from medops.agent import Agent
-    from medops.agent.schedule import Schedule
 
     level = logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("watchdog", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     proj = load_project(project, set_)
+    Agent(proj, monitor=monitor_job(proj), log_level=level).run()
+
+
+def monitor_job(proj: Project) -> MonitorJob:
+    """The agent's check of the live model, on ``monitor.schedule``."""
+    from medops.agent.schedule import Schedule
 
     def check(slot: datetime) -> None:
         # imported on first use: the monitor pulls in sklearn and matplotlib
@@ -48,8 +56,7 @@ def agent(ctx: typer.Context, project: Path | None = ProjectOpt,
         logging.getLogger("medops.agent").info("monitor at %s: %s", slot.isoformat(),
                                                result.status)
 
-    monitor = (Schedule(cron=proj.config.monitor.schedule), check)
-    Agent(proj, monitor=monitor, log_level=level).run()
+    return Schedule(cron=proj.config.monitor.schedule), check
 
 
 @agent_app.command("request")

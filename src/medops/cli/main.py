@@ -131,17 +131,23 @@ def runs_resume(run_id: str, project: Path | None = ProjectOpt) -> None:
 
 @app.command()
 @handle_errors
-def demo(data: Path | None = typer.Option(None, help="Run on a MedMNIST .npz instead."),
+def demo(data: Path | None = typer.Option(None, help="Train on a MedMNIST .npz instead (no "
+                                                      "loop: it needs image files)."),
          directory: Path | None = typer.Option(None, "--dir",
                                                   help="Project folder (default: a temp one)."),
-         epochs: int | None = typer.Option(None, help="Override train.epochs.")) -> None:
-    """The whole training loop, offline, on synthetic DICOM (or a MedMNIST file).
+         epochs: int | None = typer.Option(None, help="Override train.epochs."),
+         loop: bool = typer.Option(True, "--loop/--no-loop",
+                                   help="After the first model: serve it, drift, retrain, swap "
+                                        "(--no-loop: stop after the first model).")) -> None:
+    """The whole lifecycle, offline, on synthetic DICOM: train, gate and register a model,
+    serve it, let a new detector's images drift, and watch the agent retrain and the server
+    swap to the new version; a timeline ends it.
 
-    Example: medops demo --data ../shared/data/medmnist/breastmnist_28.npz
+    Example: medops demo --no-loop --data ../shared/data/medmnist/breastmnist_28.npz
     """
     from medops.cli.demo import run_demo
 
-    run_demo(data=data, directory=directory, epochs=epochs)
+    run_demo(data=data, directory=directory, epochs=epochs, loop=loop)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
     triggers:
       - {on: data.arrived, min_new_items: 500, debounce: 10m}
-      - {on: drift.detected}
+      - {on: drift.detected, min_new_items: 50}   # min_new_items: 0 (default) = always
       - {on: schedule, cron: "0 3 1 * *"}      # or every: 1d
       - {on: run.requested}
     agent: {cooldown: 10m}
@@ -76,6 +76,10 @@ class DataArrivedTrigger(_Strict):
 
 class DriftTrigger(_Strict):
     on: Literal[TriggerKind.DRIFT_DETECTED]
+    # A model retrained on the data it already had drifts just the same: with this above 0 a
+    # drift alarm starts a run only once that many new labelled items (counted as for
+    # data.arrived) are there to learn the new distribution from.
+    min_new_items: int = Field(0, ge=0)
 
 
 class RunRequestedTrigger(_Strict):
