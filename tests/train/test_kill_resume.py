@@ -29,7 +29,8 @@ def data(n, seed):
     return ArrayData(x, y)
 
 spec = ModelSpec(Architecture.RESNET18, 1, 2, small_input=False)
-cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=10, device=Device.CPU, num_threads=1)
+cfg = TrainConfig(epochs=4, batch_size=16, lr=3e-3, patience=10, device=Device.CPU, num_threads=1,
+                  average_best=3)
 result = train_model(
     spec, data(64, 0), data(32, 1), cfg, ModelConfig(), checkpoint_dir=Path(sys.argv[1]),
     on_epoch=lambda r: print(f"EPOCH {r.epoch}", flush=True), progress=False,
@@ -40,6 +41,8 @@ print("RESULT " + json.dumps({
     "losses": [h.train_loss for h in result.history],
     "val_aucs": [h.val_auc for h in result.history],
     "best_epoch": result.best_epoch,
+    "averaged": result.averaged_epochs,
+    "weights": float(sum(v.double().sum() for v in result.model.state_dict().values())),
 }), flush=True)
 """
 
@@ -94,6 +97,9 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
     # and it validated the same weight average (the EMA is part of the checkpoint)
     assert resumed["val_aucs"] == pytest.approx(uninterrupted["val_aucs"], abs=1e-6)
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+    # and returned the same average of its best epochs (the kept weights are checkpointed too)
+    assert resumed["averaged"] == uninterrupted["averaged"] and len(resumed["averaged"]) == 3
+    assert resumed["weights"] == pytest.approx(uninterrupted["weights"], rel=1e-5)
 
     again = _finish(script, ckpt)  # finished: returns at once, nothing trained
     assert again["resumed"] == 4 and again["losses"] == resumed["losses"]

@@ -29,7 +29,9 @@ from medops.train.ema import WeightEMA
 from medops.train.scoring import auc_score
 
 # one thread: on a small shared machine OpenMP threads that spin-wait on each other cost more
-FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=3, device=Device.CPU, num_threads=1)
+# average_best=1: these tests check the best epoch's weights are the ones returned
+FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=3, device=Device.CPU, num_threads=1,
+                   average_best=1)
 
 
 def test_learns_and_reports_every_epoch(
@@ -253,7 +255,8 @@ def test_the_weight_average_is_validated_and_returned(
         tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
     )
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    best = ckpt["best_state"] if ckpt["best_state"] is not None else ckpt["ema"]["state"]
+    [kept] = ckpt["kept"]
+    best = kept["state"] if kept["state"] is not None else ckpt["ema"]["state"]
     returned = result.model.state_dict()
     for key, value in best.items():
         torch.testing.assert_close(returned[key], value.to(returned[key].dtype))
@@ -276,3 +279,26 @@ def test_the_weight_average_is_validated_and_returned(
     assert [h.train_loss for h in off.history] == pytest.approx(
         [h.train_loss for h in result.history], rel=1e-5
     )  # the average does not change what is trained, only what is scored
+
+
+def test_the_best_epochs_weights_are_averaged(
+    tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData, val_set: ArrayData
+) -> None:
+    cfg = FAST.model_copy(update={"epochs": 4, "patience": 10, "average_best": 2})
+    result = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    # the two best-scoring epochs (an earlier one wins a tie)
+    ranked = sorted(result.history, key=lambda h: (-h.val_auc, h.epoch))
+    assert result.averaged_epochs == sorted(h.epoch for h in ranked[:2])
+    assert result.best_epoch == ranked[0].epoch
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    states = [k["state"] if k["state"] is not None else ckpt["ema"]["state"] for k in ckpt["kept"]]
+    assert sorted(k["epoch"] for k in ckpt["kept"]) == result.averaged_epochs
+    returned = result.model.state_dict()
+    for key, value in returned.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (states[0][key] + states[1][key]) / 2)
+    # an average of two different epochs, not either of them
+    assert not torch.allclose(returned["head.weight"], states[0]["head.weight"])
+    assert not torch.allclose(returned["head.weight"], states[1]["head.weight"])

@@ -119,13 +119,15 @@ class TrainConfig(_Strict):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
-    patience: int = Field(8, ge=1)  # epochs without a better validation AUC before stopping
+    patience: int = Field(8, ge=1)  # epochs in which none joins the average_best best: stop
     device: Device = Device.AUTO
     seed: int = 0
     class_weighting: bool = True
     augment: AugmentConfig | None = AugmentConfig()
     # EMA of the weights over about this many epochs is what is validated and kept; None: off
     ema_epochs: float | None = Field(1.0, gt=0.0)
+    # the returned weights average those of this many best-validated epochs; 1: the best alone
+    average_best: int = Field(5, ge=1, le=20)
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
 
 

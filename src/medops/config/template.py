@@ -53,11 +53,12 @@ train:
   epochs: {epochs}
   batch_size: {batch_size}
   lr: {lr}
-  patience: {patience}             # early stopping on validation AUC
+  patience: {patience}             # early stopping: epochs in which none joins the best below
   device: auto            # auto, cpu, cuda, mps
   seed: 0
   class_weighting: true   # inverse-frequency class weights for imbalanced data
   ema_epochs: {ema_epochs}         # validate/keep an average of the weights over ~this many epochs
+  average_best: {average_best}         # the model is the mean of the weights of the N best epochs
 
 gate:
   metric: auc             # auc, accuracy, balanced_accuracy, f1_macro
@@ -107,7 +108,7 @@ triggers:
   - {{on: run.requested}}     # `medops agent request`, `medops run --via-agent`
   # data.arrived counts the new labelled items since the champion's dataset
   - {{on: data.arrived, min_new_items: 100, debounce: 1m}}
-  - {{on: drift.detected}}
+  - {{on: drift.detected}}   # min_new_items: N waits for N new labelled items as well
   # - {{on: schedule, cron: "0 3 1 * *"}}   # or every: 1d
 agent:
   cooldown: 10m           # automatic triggers wait this long after a run ends
@@ -132,5 +133,6 @@ def render_template(project: str, source_path: str = "data/raw") -> str:
         lr=train.lr,
         patience=train.patience,
         ema_epochs=train.ema_epochs,
+        average_best=train.average_best,
         gate_min=gate.min,
     )

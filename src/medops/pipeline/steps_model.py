@@ -96,6 +96,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     torch.save(result.model.state_dict(), weights)
     return {"weights": str(weights), "spec": spec.to_dict(), "best_epoch": result.best_epoch,
             "best_val_auc": result.best_val_auc, "epochs_run": result.epochs_run,
+            "averaged_epochs": result.averaged_epochs,
             "resumed_from_epoch": result.resumed_from_epoch,
             "stopped_early": result.stopped_early, "device": result.device,
             "checkpoint": str(ckpt)}

@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
 #: Bumped when the checkpoint layout changes, so an old file is ignored rather than misread.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: Rows of the data hashed into the fingerprint: enough to tell data sets apart, cheap for 1e6.
 _SAMPLED_ROWS = 64
@@ -135,17 +135,20 @@ def snapshot(value: Any) -> Any:
 class CheckpointWriter:
     """Writes checkpoints one at a time in a background thread (see the module docstring).
 
-    ``submit`` waits for the previous write, snapshots the payload and returns; ``wait`` blocks
-    until the last write is on disk and raises its error, if any.
+    ``submit`` waits for the previous write, snapshots the payload (but its ``frozen`` keys,
+    which the caller promises never to change) and returns; ``wait`` blocks until the last write
+    is on disk and raises its error, if any.
     """
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def submit(self, path: Path, payload: Mapping[str, Any]) -> None:
+    def submit(
+        self, path: Path, payload: Mapping[str, Any], frozen: Sequence[str] = ()
+    ) -> None:
         self.wait()
-        copy = snapshot(payload)
+        copy = {k: v if k in frozen else snapshot(v) for k, v in payload.items()}
         self._thread = threading.Thread(
             target=self._write, args=(path, copy), name="medops-checkpoint", daemon=True
         )

@@ -7,8 +7,12 @@ with label smoothing 0.1, weighted by inverse class frequency when ``train.class
 with ``augment.mixup`` each batch is mixed with a shuffled copy of itself (and so are the two
 losses). With ``train.ema_epochs`` an exponential moving average of the weights
 (:mod:`medops.train.ema`) is what gets scored, kept and returned. After every epoch that model is
-scored on the validation set; the best epoch's weights are kept and returned, and training stops
-after ``train.patience`` epochs without a better score.
+scored on the validation set. The weights returned are the average of the weights of the
+``train.average_best`` best-scoring epochs (a "soup" of checkpoints: on validation sets of a few
+dozen images the single best epoch is partly chance, and the average of the few best is steadier
+and scores higher on held-out data; docs/benchmarks.md), and training stops after
+``train.patience`` epochs in which no epoch joined those best (with ``average_best: 1``, the
+classic rule: no better score).
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
 classes present). When the validation set holds fewer than two classes AUC is undefined and the
@@ -104,8 +108,19 @@ class EpochResult:
 
 
 @dataclass
+class _Kept:
+    """The weights of one of the best-scoring epochs (a copy, never changed)."""
+
+    score: float
+    epoch: int
+    state: dict[str, torch.Tensor]
+
+
+@dataclass
 class TrainResult:
-    """The outcome of :func:`train_model`. ``model`` holds the best epoch's weights, on the CPU.
+    """The outcome of :func:`train_model`. ``model`` holds the average of the weights of the
+    epochs in ``averaged_epochs`` (the best-scoring ones), on the CPU; ``best_epoch`` and
+    ``best_val_auc`` are those of the single best epoch.
 
     ``epochs_run`` counts every finished epoch, those before a resume included.
     """
@@ -118,6 +133,7 @@ class TrainResult:
     stopped_early: bool
     device: str
     epochs_run: int
+    averaged_epochs: list[int]
 
 
 def train_model(
@@ -241,7 +257,7 @@ class _Run:
         self.history: list[EpochResult] = []
         self.best_score = -math.inf
         self.best_epoch = 0
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.kept: list[_Kept] = []  # the best epochs, best first, at most cfg.average_best
         self.monitor = _monitor_for(val)
         self._finished = False
         self._stopped_early = False
@@ -271,7 +287,7 @@ class _Run:
         ) as bar:
             for epoch in range(start, self.cfg.epochs + 1):
                 result = self._epoch(epoch, bar.advance)
-                stopped_early = epoch - self.best_epoch >= self.cfg.patience
+                stopped_early = epoch - self._last_kept_epoch() >= self.cfg.patience
                 finished = stopped_early or epoch == self.cfg.epochs
                 self._save(epoch, finished=finished, stopped_early=stopped_early)
                 bar.epoch_done(epoch, result.train_loss, result.val_auc)
@@ -279,8 +295,9 @@ class _Run:
                     on_epoch(result)
                 if stopped_early:
                     log.info(
-                        "stopping early after epoch %d: no better validation score for %d epochs",
+                        "stopping early after epoch %d: no epoch joined the %d best for %d epochs",
                         epoch,
+                        self.cfg.average_best,
                         self.cfg.patience,
                     )
                     break
@@ -305,9 +322,7 @@ class _Run:
         best = value > self.best_score
         if best:
             self.best_score, self.best_epoch = value, epoch
-            self.best_state = {
-                k: v.detach().to("cpu", copy=True) for k, v in self._scored().items()
-            }
+        self._keep(value, epoch)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -375,6 +390,31 @@ class _Run:
             return -score.loss
         return float(epoch)  # no validation data: the latest epoch is the best known
 
+    def _keep(self, value: float, epoch: int) -> None:
+        """Keep this epoch's scored weights if they are among the ``average_best`` best."""
+        k = self.cfg.average_best
+        if len(self.kept) == k and value <= self.kept[-1].score:
+            return
+        state = {name: v.detach().to("cpu", copy=True) for name, v in self._scored().items()}
+        self.kept.append(_Kept(value, epoch, state))
+        self.kept.sort(key=lambda kept: -kept.score)  # stable: an earlier epoch wins a tie
+        del self.kept[k:]
+
+    def _last_kept_epoch(self) -> int:
+        """The latest epoch that joined the kept best (still kept: only a later one can oust
+        it), so checkpoints need not store it."""
+        return max((kept.epoch for kept in self.kept), default=0)
+
+    def _averaged(self) -> dict[str, torch.Tensor]:
+        """The mean of the kept weights (integer buffers, such as batch counts, of the best)."""
+        states = [kept.state for kept in self.kept]
+        return {
+            name: torch.stack([s[name] for s in states]).mean(0).to(v.dtype)
+            if v.is_floating_point()
+            else v
+            for name, v in states[0].items()
+        }
+
     def _state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
 
@@ -385,7 +425,6 @@ class _Run:
     # -- checkpoints ---------------------------------------------------------------------
 
     def _save(self, epoch: int, *, finished: bool, stopped_early: bool) -> None:
-        best_is_current = self.best_epoch == epoch
         self._writer.submit(
             self.path,
             {
@@ -398,13 +437,18 @@ class _Run:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                # the scored weights are the best ones half the time: do not write them twice
-                "best_state": None if best_is_current else self.best_state,
                 "best_score": self.best_score,
                 "best_epoch": self.best_epoch,
+                # this epoch's kept weights are the scored ones above: not written twice
+                "kept": [
+                    {"score": k.score, "epoch": k.epoch,
+                     "state": None if k.epoch == epoch else k.state}
+                    for k in self.kept
+                ],
                 "history": [h.to_dict() for h in self.history],
                 "rng": rng_state(),
             },
+            frozen=("kept",),  # copies already, never changed: no snapshot needed
         )
 
     def _resume(self) -> int | None:
@@ -420,12 +464,12 @@ class _Run:
         self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
         self.best_score = float(ckpt["best_score"])
         self.best_epoch = int(ckpt["best_epoch"])
-        best = ckpt["best_state"]
-        self.best_state = (
-            best
-            if best is not None
-            else {k: v.detach().to("cpu", copy=True) for k, v in self._scored().items()}
-        )
+        self.kept = [
+            _Kept(float(k["score"]), int(k["epoch"]),
+                  k["state"] if k["state"] is not None
+                  else {n: v.detach().to("cpu", copy=True) for n, v in self._scored().items()})
+            for k in ckpt["kept"]
+        ]
         set_rng_state(ckpt["rng"])
         self._finished = bool(ckpt["finished"])
         self._stopped_early = bool(ckpt["stopped_early"])
@@ -435,8 +479,8 @@ class _Run:
 
     def _result(self, resumed: int | None, stopped_early: bool) -> TrainResult:
         model = self.model
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
+        if self.kept:
+            model.load_state_dict(self._averaged())
         model.to("cpu")
         model.to(memory_format=torch.contiguous_format)
         model.eval()
@@ -450,6 +494,7 @@ class _Run:
             stopped_early=stopped_early,
             device=str(self.device),
             epochs_run=len(self.history),
+            averaged_epochs=sorted(k.epoch for k in self.kept),
         )
 
 
