@@ -11,7 +11,10 @@ One run on loopback, the same registered model for all three:
 
 (b) and (c) are driven by the same load generator: C concurrent clients (asyncio, one
 keep-alive connection each, raw HTTP/1.1 so that the generator's own CPU stays small), each
-sending the next request when its answer arrives, for a fixed time per level after a warm-up.
+sending the next request when its answer arrives. Both servers run for the whole benchmark;
+each concurrency level is measured in ``--rounds`` short windows that alternate the variants
+(and at 1 client the bare loop too), pooled per variant, because the speed of these shared
+machines drifts by 10-20 % from one minute to the next.
 Every request sends the same DICOM file (pydicom's CT_small.dcm, 128x128, resized by the
 model's profile). Both servers' answers are checked against the bare model's probabilities.
 
@@ -185,6 +188,17 @@ async def drive(url: str, body: bytes, headers: dict[str, str], clients: int, se
     return Result(variant, clients, len(latencies), errors, elapsed, latencies)
 
 
+def merge(parts: list[Result]) -> Result:
+    """One variant's windows of a level as one result: requests over the summed time."""
+    seconds = sum(p.seconds for p in parts)
+    cores = [p.server_cores for p in parts]
+    return Result(parts[0].variant, parts[0].clients, sum(p.requests for p in parts),
+                  sum(p.errors for p in parts), seconds,
+                  [t for p in parts for t in p.latencies],
+                  None if None in cores else
+                  sum(c * p.seconds for c, p in zip(cores, parts, strict=True)) / seconds)
+
+
 def group_cpu_seconds(pgid: int) -> float:
     """CPU time (user + system) of every live process in the process group ``pgid``."""
     total = 0
@@ -253,7 +267,9 @@ def main() -> None:
     parser.add_argument("--project", type=Path, help="an existing project with a champion")
     parser.add_argument("--size", type=int, default=64, help="image side of the made model")
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
-    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, default=2.0, help="per level, split in rounds")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating windows per level (the machine's speed drifts)")
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads in all three (OMP_NUM_THREADS for the "
@@ -288,46 +304,52 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    results = [bare_loop(loaded, blob, args.seconds)]
-    print(_row(results[-1]), flush=True)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-
-    port = free_port()
-    medops = start([str(VENV_BIN / "medops"), "serve", "-C", str(project.root), "--port",
-                    str(port)], env, f"http://127.0.0.1:{port}/ping")
+    servers: list[tuple[str, Any, str, bytes, dict[str, str]]] = []
     try:
+        port = free_port()
+        medops = start([str(VENV_BIN / "medops"), "serve", "-C", str(project.root), "--port",
+                        str(port)], env, f"http://127.0.0.1:{port}/ping")
         url = f"http://127.0.0.1:{port}/v1/models/{name}/predict"
         headers = {"content-type": "application/dicom"}
         answer = httpx.post(url, content=blob, headers=headers).json()["predictions"][0]
         check(np.array([answer["probabilities"][c] for c in loaded.classes]), expected,
               "medops serve")
-        for c in args.levels:
-            results.append(measured(medops, drive(url, blob, headers, c, args.seconds,
-                                                  args.warmup, "medops serve")))
-            print(_row(results[-1]), flush=True)
-    finally:
-        stop(medops)
+        servers.append(("medops serve", medops, url, blob, headers))
 
-    port = free_port()
-    tracking = project.tracker.tracking_uri
-    mlflow = start([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
-                    f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-h", "127.0.0.1",
-                    "-p", str(port)], {**env, "MLFLOW_TRACKING_URI": tracking},
-                   f"http://127.0.0.1:{port}/ping", timeout=180)
-    try:
+        port = free_port()
+        mlflow = start([str(VENV_BIN / "mlflow"), "models", "serve", "-m",
+                        f"models:/{name}@{CHAMPION}", "--env-manager", "local", "-h",
+                        "127.0.0.1", "-p", str(port)],
+                       {**env, "MLFLOW_TRACKING_URI": project.tracker.tracking_uri},
+                       f"http://127.0.0.1:{port}/ping", timeout=180)
         url = f"http://127.0.0.1:{port}/invocations"
         payload = json.dumps({"dataframe_split": {
             "columns": ["image"], "data": [[base64.b64encode(blob).decode()]]}}).encode()
         headers = {"content-type": "application/json"}
         answer = httpx.post(url, content=payload, headers=headers).json()["predictions"][0]
         check(np.array([answer[f"p_{c}"] for c in loaded.classes]), expected, "mlflow serve")
+        servers.append(("mlflow models serve", mlflow, url, payload, headers))
+
+        # This machine's speed drifts by 10-20 % from one minute to the next (other VMs):
+        # each level is measured in rounds that alternate the variants, and pooled.
+        window, warmup = args.seconds / args.rounds, max(0.5, args.warmup / args.rounds)
+        results = []
         for c in args.levels:
-            results.append(measured(mlflow, drive(url, payload, headers, c, args.seconds,
-                                                  args.warmup, "mlflow models serve")))
-            print(_row(results[-1]), flush=True)
+            parts: dict[str, list[Result]] = {}
+            for r in range(args.rounds):
+                if c == 1:
+                    parts.setdefault("bare", []).append(bare_loop(loaded, blob, window))
+                for variant, proc, url, body, headers in servers[:: 1 if r % 2 else -1]:
+                    parts.setdefault(variant, []).append(measured(proc, drive(
+                        url, body, headers, c, window, warmup, variant)))
+            for pooled in map(merge, parts.values()):
+                results.append(pooled)
+                print(_row(pooled), flush=True)
     finally:
-        stop(mlflow)
+        for _, proc, *_rest in servers:
+            stop(proc)
 
     print(f"\nload average after: {os.getloadavg()}\n")
     print(table(results, args.levels))
@@ -359,8 +381,8 @@ def table(results: list[Result], levels: list[int]) -> str:
         if med.server_cores and mlf.server_cores:
             lines.append(f"per CPU-second of the server: "
                          f"{(med.rps / med.server_cores) / (mlf.rps / mlf.server_cores):.1f}x")
-    one, bare = by.get(("medops serve", 1)), results[0]
-    if one:
+    one, bare = by.get(("medops serve", 1)), by.get(("bare forward loop", 1))
+    if one and bare:
         lines.append(f"p50 overhead of medops serve over the bare forward at 1 client: "
                      f"**{one.pct(50) - bare.pct(50):.2f} ms** (goal <= 5 ms; bare p50 "
                      f"{bare.pct(50):.2f} ms)")

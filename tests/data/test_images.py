@@ -200,8 +200,21 @@ def test_htj2k_without_reference_decodes(shared_data: Path) -> None:
 
 
 def test_bytes_and_path_agree(shared_data: Path) -> None:
-    for path in (pydicom_file("MR_small_jp2klossless.dcm"), shared_data / "xray/00000001_000.png"):
-        np.testing.assert_array_equal(read_pixels(path.read_bytes()), read_pixels(path))
+    """Bytes decode from the parsed dataset, paths stream from the file: the same pixels."""
+    dicoms = ["MR_small_jp2klossless.dcm", "CT_small.dcm", "MR_small_RLE.dcm",
+              "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm", "examples_palette.dcm",
+              "rtdose.dcm", "examples_ybr_color.dcm", "MR_small_bigendian.dcm",
+              "MR_small_implicit.dcm"]
+    paths = [pydicom_file(n) for n in dicoms] + [shared_data / "xray/Fake_MONOHR1.dcm",
+                                                 shared_data / "xray/00000001_000.png"]
+    for path in paths:
+        for frame in (None, 0):
+            np.testing.assert_array_equal(read_pixels(path.read_bytes(), frame),
+                                          read_pixels(path, frame), err_msg=str(path))
+    for name in ("CT_small.dcm", "JPEG2000.dcm"):  # cut short: the same error as a file
+        data = pydicom_file(name).read_bytes()
+        with pytest.raises(UnreadableImageError, match="truncated"):
+            read_pixels(data[: len(data) // 2])
 
 
 # -- failures -------------------------------------------------------------------------------------

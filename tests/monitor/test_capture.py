@@ -130,3 +130,12 @@ def test_writer_keeps_rows_when_the_disk_fails(tmp_path: Path) -> None:
     writer.close()
     assert writer.written == 1
     assert list(CaptureStore(blocker).read()["request_id"]) == ["r1"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 4096, 70_001])
+def test_percentiles_equal_numpys(n: int) -> None:
+    from medops.monitor.capture import _PERCENTILES, _percentiles
+
+    values = np.random.default_rng(n).normal(size=n).astype(np.float32)
+    np.testing.assert_allclose(_percentiles(values), np.percentile(values, _PERCENTILES),
+                               rtol=1e-6, atol=1e-6)

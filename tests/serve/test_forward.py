@@ -89,3 +89,22 @@ def test_batcher_with_several_workers_answers_every_request_with_its_own_image()
     got = asyncio.run(main())
     np.testing.assert_allclose(np.stack(got), expected, atol=1e-5)
     assert sum(sizes) == 40 and max(sizes) <= 8 and len(sizes) >= 5
+
+
+def test_batches_run_on_a_channels_last_copy_with_the_same_outputs() -> None:
+    import copy
+
+    import torch
+
+    from medops.serve.host import BATCHED_FROM, Deployment
+
+    loaded = _loaded()
+    batched = copy.deepcopy(loaded.model).to(memory_format=torch.channels_last)
+    deployment = Deployment("m", "1", loaded, batched)
+    assert deployment.model_for(1) is loaded.model
+    assert deployment.model_for(BATCHED_FROM) is batched
+    x = np.random.default_rng(3).normal(size=(8, 1, 16, 16)).astype(np.float32)
+    probs, feats = forward(loaded, x, deployment.model_for(len(x)))
+    ref_probs, ref_feats = forward(loaded, x)
+    np.testing.assert_allclose(probs, ref_probs, atol=1e-5)
+    np.testing.assert_allclose(feats, ref_feats, atol=1e-5)

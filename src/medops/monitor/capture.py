@@ -39,10 +39,21 @@ def intensity_stats(x: np.ndarray, prefix: str) -> dict[str, float]:
     a = np.asarray(x, dtype=np.float32)
     flat = a.reshape(-1)
     step = max(1, flat.size // _SAMPLE_PIXELS)
-    pcts = np.percentile(flat[::step], _PERCENTILES) if flat.size else [np.nan] * 5
+    pcts = _percentiles(flat[::step]) if flat.size else [np.nan] * len(_PERCENTILES)
     values = [float(flat.mean(dtype=np.float64)), float(flat.std(dtype=np.float64)),
-              float(flat.min()), float(flat.max()), *(float(p) for p in pcts)]
+              float(flat.min()), float(flat.max()), *pcts]
     return {f"{prefix}_{n}": v for n, v in zip(STAT_NAMES, values, strict=True)}
+
+
+def _percentiles(values: np.ndarray) -> list[float]:
+    """``np.percentile(values, _PERCENTILES)`` (its default, linear interpolation) from one
+    sort: numpy's general machinery costs ~0.2 ms a call, a served request makes two."""
+    s = np.sort(values)
+    pos = np.asarray(_PERCENTILES, dtype=np.float64) / 100.0 * (len(s) - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, len(s) - 1)
+    low, high = s[lo].astype(np.float64), s[hi].astype(np.float64)
+    return [float(v) for v in low + (pos - lo) * (high - low)]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,15 +33,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def forward(loaded: LoadedModel, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, K) and penultimate embeddings (N, F) from one forward pass.
+def forward(loaded: LoadedModel, x: np.ndarray,
+            model: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, K) and penultimate embeddings (N, F) from one forward pass of
+    ``model`` (default ``loaded.model``; another copy of the same weights, say channels-last).
 
     The probabilities are ``model(x)``'s, whatever it does in eval mode (test-time flips
     included), so they equal ``predict_proba``. Safe to call from several threads at once."""
     import torch
 
     with torch.inference_mode():
-        logits, features = loaded.model.logits_and_features(
+        logits, features = (model or loaded.model).logits_and_features(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
         probs = torch.softmax(logits.float(), dim=1)
     return probs.numpy(), features.float().numpy()
@@ -174,7 +176,8 @@ def _execute(items: list[_Item]) -> list[Result | BaseException]:
             outcomes[i] = exc
     if ready:
         deployment = items[0].deployment
-        probs, feats = forward(deployment.loaded, np.stack([p.x for _, p in ready]))
+        probs, feats = forward(deployment.loaded, np.stack([p.x for _, p in ready]),
+                               deployment.model_for(len(ready)))
         for row, (i, prepared) in enumerate(ready):
             outcomes[i] = Result(prepared, probs[row], feats[row], deployment)
     return [o for o in outcomes if o is not None]

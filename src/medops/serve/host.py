@@ -9,9 +9,11 @@ a request in flight.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,15 +25,29 @@ from medops.serve.batcher import forward
 log = logging.getLogger(__name__)
 
 
+#: From this many images a forward pass runs faster on channels-last weights (oneDNN's blocked
+#: convolutions; ~30 % less CPU per image at 16-32 images), below it slower (+15 % for one).
+BATCHED_FROM = 4
+
+
 @dataclass(frozen=True)
 class Deployment:
+    """A loaded model version. ``batched`` is a channels-last copy of ``loaded.model`` for
+    batches of at least :data:`BATCHED_FROM` images; it computes the same outputs."""
+
     name: str
     version: str
     loaded: LoadedModel
+    batched: Any = field(default=None, compare=False, repr=False)
 
     @property
     def classes(self) -> list[str]:
         return self.loaded.classes
+
+    def model_for(self, n: int) -> Any:
+        """The copy of the model to run ``n`` images through."""
+        return self.batched if self.batched is not None and n >= BATCHED_FROM \
+            else self.loaded.model
 
 
 class ModelHost:
@@ -68,9 +84,9 @@ class ModelHost:
         if version is None or (self.current is not None and self.current.version == version):
             return False
         self.status = f"loading version {version}"
-        loaded = await asyncio.to_thread(self._load, version)
+        loaded, batched = await asyncio.to_thread(self._load, version)
         old = self.current
-        self.current = Deployment(self.ref.name, version, loaded)  # the atomic swap
+        self.current = Deployment(self.ref.name, version, loaded, batched)  # the atomic swap
         self.status = "ready"
         log.info("serving %s version %s (was %s)", self.ref.name, version,
                  old.version if old else "none")
@@ -104,9 +120,13 @@ class ModelHost:
             return None
         return info.version
 
-    def _load(self, version: str) -> LoadedModel:
+    def _load(self, version: str) -> tuple[LoadedModel, Any]:
+        import torch
+
         loaded = self.registry.load(version)
+        batched = copy.deepcopy(loaded.model).to(memory_format=torch.channels_last)
         # Warm up: the first forward pass allocates; do it before any request waits on it.
         c, (h, w) = loaded.profile.channels, loaded.profile.size
-        forward(loaded, np.zeros((2, c, h, w), dtype=np.float32))
-        return loaded
+        forward(loaded, np.zeros((1, c, h, w), dtype=np.float32))
+        forward(loaded, np.zeros((BATCHED_FROM, c, h, w), dtype=np.float32), batched)
+        return loaded, batched

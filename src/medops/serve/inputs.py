@@ -146,6 +146,7 @@ def read_checked(data: bytes, window: WindowMode, max_pixels: int) -> np.ndarray
         rows, cols = int(header.dataset.Rows), int(header.dataset.Columns)
         _check_total(rows * cols * header.n_frames, f"{rows}x{cols}x{header.n_frames} frames",
                      max_pixels)
+        header = dicom.with_pixel_data(f, header)
         index = dicom.frame_index(header, None)
         return dicom.to_display(dicom.decode_stored(f, header, index), header, index, window)
     try:

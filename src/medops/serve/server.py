@@ -18,9 +18,16 @@ GRACEFUL_SECONDS = 20
 MAX_AUTO_WORKERS = 4
 
 
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 def forward_workers(configured: int | None) -> int:
     """How many forward passes run at once: ``serve.workers``, else one per core (capped)."""
-    return configured or max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS))
+    return configured or min(_cores(), MAX_AUTO_WORKERS)
 
 
 def share_cores(workers: int) -> int:
@@ -28,7 +35,7 @@ def share_cores(workers: int) -> int:
     threads (a process-wide setting, so only a serving process calls this). Returns it."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, _cores() // workers)
     torch.set_num_threads(threads)
     return threads
 
