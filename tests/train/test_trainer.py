@@ -284,7 +284,7 @@ def test_the_weight_average_is_validated_and_returned(
 def test_the_best_epochs_weights_are_averaged(
     tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData, val_set: ArrayData
 ) -> None:
-    cfg = FAST.model_copy(update={"epochs": 4, "patience": 10, "average_best": 2})
+    cfg = FAST.model_copy(update={"epochs": 8, "patience": 10, "average_best": 2})
     result = train_model(
         tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
     )
@@ -302,3 +302,13 @@ def test_the_best_epochs_weights_are_averaged(
     # an average of two different epochs, not either of them
     assert not torch.allclose(returned["head.weight"], states[0]["head.weight"])
     assert not torch.allclose(returned["head.weight"], states[1]["head.weight"])
+
+
+def test_short_runs_average_at_most_a_quarter_of_their_epochs(
+    tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData, val_set: ArrayData
+) -> None:
+    cfg = FAST.model_copy(update={"epochs": 3, "patience": 10, "average_best": 5})
+    result = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    assert result.averaged_epochs == [result.best_epoch]

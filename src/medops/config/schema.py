@@ -126,7 +126,8 @@ class TrainConfig(_Strict):
     augment: AugmentConfig | None = AugmentConfig()
     # EMA of the weights over about this many epochs is what is validated and kept; None: off
     ema_epochs: float | None = Field(1.0, gt=0.0)
-    # the returned weights average those of this many best-validated epochs; 1: the best alone
+    # the returned weights average those of this many best-validated epochs (at most epochs // 4;
+    # 1: the best alone)
     average_best: int = Field(5, ge=1, le=20)
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
 

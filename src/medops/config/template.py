@@ -58,7 +58,7 @@ train:
   seed: 0
   class_weighting: true   # inverse-frequency class weights for imbalanced data
   ema_epochs: {ema_epochs}         # validate/keep an average of the weights over ~this many epochs
-  average_best: {average_best}         # the model is the mean of the weights of the N best epochs
+  average_best: {average_best}         # model = mean weights of the N best epochs (<= epochs/4)
 
 gate:
   metric: auc             # auc, accuracy, balanced_accuracy, f1_macro

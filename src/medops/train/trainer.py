@@ -10,9 +10,10 @@ losses). With ``train.ema_epochs`` an exponential moving average of the weights
 scored on the validation set. The weights returned are the average of the weights of the
 ``train.average_best`` best-scoring epochs (a "soup" of checkpoints: on validation sets of a few
 dozen images the single best epoch is partly chance, and the average of the few best is steadier
-and scores higher on held-out data; docs/benchmarks.md), and training stops after
-``train.patience`` epochs in which no epoch joined those best (with ``average_best: 1``, the
-classic rule: no better score).
+and scores higher on held-out data; docs/benchmarks.md), at most a quarter of ``train.epochs`` of
+them: in a short run the early epochs are far from the final weights, and averaging them in
+spoils the model. Training stops after ``train.patience`` epochs in which no epoch joined those
+best (when one epoch is kept, the classic rule: no better score).
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
 classes present). When the validation set holds fewer than two classes AUC is undefined and the
@@ -257,7 +258,8 @@ class _Run:
         self.history: list[EpochResult] = []
         self.best_score = -math.inf
         self.best_epoch = 0
-        self.kept: list[_Kept] = []  # the best epochs, best first, at most cfg.average_best
+        self.kept: list[_Kept] = []  # the best epochs, best first, at most self.average
+        self.average = max(1, min(cfg.average_best, cfg.epochs // 4))
         self.monitor = _monitor_for(val)
         self._finished = False
         self._stopped_early = False
@@ -297,7 +299,7 @@ class _Run:
                     log.info(
                         "stopping early after epoch %d: no epoch joined the %d best for %d epochs",
                         epoch,
-                        self.cfg.average_best,
+                        self.average,
                         self.cfg.patience,
                     )
                     break
@@ -391,8 +393,8 @@ class _Run:
         return float(epoch)  # no validation data: the latest epoch is the best known
 
     def _keep(self, value: float, epoch: int) -> None:
-        """Keep this epoch's scored weights if they are among the ``average_best`` best."""
-        k = self.cfg.average_best
+        """Keep this epoch's scored weights if they are among the ``self.average`` best."""
+        k = self.average
         if len(self.kept) == k and value <= self.kept[-1].score:
             return
         state = {name: v.detach().to("cpu", copy=True) for name, v in self._scored().items()}
