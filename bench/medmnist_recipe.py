@@ -85,7 +85,12 @@ def _print_epoch(ep: EpochResult) -> None:
 
 
 def run_once(
-    path: Path, seed: int, overrides: dict[str, dict[str, Any]], progress: bool, verbose: bool
+    path: Path,
+    seed: int,
+    overrides: dict[str, dict[str, Any]],
+    progress: bool,
+    verbose: bool,
+    stem_pool: bool = True,
 ) -> dict[str, Any]:
     pre = PreprocessConfig(**overrides["preprocess"])
     model_cfg = ModelConfig(**overrides["model"])
@@ -105,6 +110,7 @@ def run_once(
         num_classes=num_classes,
         small_input=resolve_small_input(model_cfg, (x.shape[2], x.shape[3])),
         flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
+        small_input_pool=stem_pool,
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(
@@ -128,6 +134,7 @@ def run_once(
         "best_epoch": result.best_epoch,
         "best_val_auc": round(result.best_val_auc, 4),
         "epochs_run": result.epochs_run,
+        "averaged_epochs": result.averaged_epochs,
         "stopped_early": result.stopped_early,
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -144,6 +151,11 @@ def main() -> None:
         default=[],
         help="override a default, e.g. --set train.lr=3e-3 (for experiments)",
     )
+    parser.add_argument(
+        "--no-stem-pool",
+        action="store_true",
+        help="small-input ResNets without the max-pool after the stem (as MedMNIST's ResNets)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every epoch")
     args = parser.parse_args()
@@ -156,7 +168,12 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         row = run_once(
-            args.npz, seed, overrides, progress=not args.no_progress, verbose=args.verbose
+            args.npz,
+            seed,
+            overrides,
+            progress=not args.no_progress,
+            verbose=args.verbose,
+            stem_pool=not args.no_stem_pool,
         )
         print(json.dumps(row), flush=True)
         rows.append(row)
