@@ -33,6 +33,11 @@ def test_run_lifecycle(store: StateStore) -> None:
     assert [r.id for r in store.list_runs()] == ["run-1"]
     with pytest.raises(NotFoundError, match="runs ls"):
         store.get_run("nope")
+    store.create_run("run-2", "manual", {}, ["ingest"])
+    with pytest.raises(NotFoundError, match=r"start of several runs \(run-1, run-2\)"):
+        store.get_run("run-")
+    with pytest.raises(NotFoundError, match="no run"):
+        store.get_run("run_")  # a LIKE wildcard is a plain character here
 
 
 def test_dead_process_marks_run_interrupted(store: StateStore) -> None:

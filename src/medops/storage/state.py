@@ -248,9 +248,15 @@ class StateStore:
         with self._tx() as s:
             row = s.get(_Run, run_id)
             if row is None:
-                matches = s.scalars(select(_Run).where(_Run.id.startswith(run_id))).all()
-                if len(matches) != 1:
+                by_prefix = _Run.id.startswith(run_id, autoescape=True)
+                matches = s.scalars(select(_Run).where(by_prefix).order_by(_Run.id).limit(4)).all()
+                if not matches:
                     raise NotFoundError(f"no run {run_id!r}; `medops runs ls` lists them")
+                if len(matches) > 1:
+                    some = ", ".join(m.id for m in matches[:3])
+                    raise NotFoundError(f"{run_id!r} is the start of several runs ({some}"
+                                        f"{', ...' if len(matches) > 3 else ''}); give more of "
+                                        "the id")
                 row = matches[0]
             steps = s.scalars(select(_Step).where(_Step.run_id == row.id).order_by(_Step.seq))
             return self._run(row, list(steps))

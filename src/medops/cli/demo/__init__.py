@@ -152,7 +152,7 @@ def _try_next(project: Project, run_id: str, looped: bool) -> None:
     lines = [f"cd {project.root}",
              "medops runs ls                 # the runs: " + (
                  "the demo's and the one drift started" if looped else "the one you just made"),
-             f"medops runs show {run_id[:18]}   # steps, timings, outputs",
+             f"medops runs show {run_id}   # steps, timings, outputs",
              "medops models ls               # versions, tags, aliases"]
     if looped:
         lines += [
