@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,18 @@ def package_model(model: Classifier, classes: list[str], profile: PreprocessProf
         full = {**meta, "spec": model.spec.to_dict(), "classes": classes,
                 "profile": json.loads(profile.to_json()), "medops_version": __version__}
         meta_file.write_text(json.dumps(full, indent=2, sort_keys=True))
-        mlflow.pyfunc.save_model(
-            path=str(out_dir),
-            # Models from code: the model folder names medops' class instead of pickling it.
-            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-            artifacts={"weights": str(weights), "meta": str(meta_file),
-                       **{k: str(v) for k, v in (extra or {}).items()}},
-            signature=signature,
-            # Explicit requirements: MLflow's inference would import-trace the model (slow).
-            pip_requirements=[f"medops=={__version__}"],
-        )
+        with warnings.catch_warnings():
+            # MLflow asks for an input example, which it would run through the model at save
+            # time; the explicit signature already says what the model takes.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                path=str(out_dir),
+                # Models from code: the model folder names medops' class instead of pickling it.
+                python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+                artifacts={"weights": str(weights), "meta": str(meta_file),
+                           **{k: str(v) for k, v in (extra or {}).items()}},
+                signature=signature,
+                # Explicit requirements: MLflow's inference would import-trace the model (slow).
+                pip_requirements=[f"medops=={__version__}"],
+            )
     return out_dir
