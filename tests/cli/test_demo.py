@@ -51,6 +51,7 @@ def test_demo_on_synthetic_dicom_closes_the_loop(tmp_path: Path) -> None:
     timeline = out[out.index("timeline"):out.index("try next")]
     for seen in ("data.arrived", "drift.detected", "model.deployed", "run-"):
         assert seen in timeline, seen
+    assert "started: started" not in flat and f"started run {second.id}" in flat
 
 
 def test_demo_without_the_loop(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medops.cli.demo.services import AgentThread, DemoServer, Traffic, until
-from medops.cli.demo.timeline import Timeline
+from medops.cli.demo.timeline import Timeline, decided
 from medops.cli.render import console
 from medops.demo.synthetic import NEW_DETECTOR, make_synthetic_dataset
 from medops.project import Project
@@ -141,7 +141,7 @@ def _watch_run(project: Project, run_id: str) -> RunRecord | None:
 def _say(event: EventRecord) -> None:
     d = event.decision
     if d is not None:
-        console.print(f"  agent: {event.kind} {d.decision}: {d.reason}", highlight=False)
+        console.print(f"  agent: {event.kind} {decided(d)}", highlight=False)
 
 
 def _decided(project: Project, kind: str, decision: str | None = None) -> list[EventRecord]:

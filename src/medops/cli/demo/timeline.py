@@ -11,7 +11,7 @@ from rich.table import Table
 
 from medops.cli.render import console
 from medops.project import Project
-from medops.storage import EventRecord, RunRecord
+from medops.storage import EventDecision, EventRecord, RunRecord
 
 _TRIGGERS = ("data.arrived", "drift.detected", "run.requested", "schedule.fired")
 
@@ -111,10 +111,15 @@ def _event_row(e: EventRecord) -> _Row:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
     group: tuple[Any, ...] | None = None
     if e.kind in _TRIGGERS and d is not None:
-        detail += f" -> {d.decision}: {d.reason}"
+        detail += f" -> {decided(d)}"
         if e.kind == "drift.detected":
             group = (e.kind, p.get("version"), d.decision, d.reason)
     return _Row(e.created_at, e.kind, detail, group)
+
+
+def decided(d: EventDecision) -> str:
+    """A decision in words; "started run X: why" says it once, not "started: started ..."."""
+    return d.reason if d.reason.startswith(d.decision) else f"{d.decision}: {d.reason}"
 
 
 def _utc(t: datetime) -> datetime:
