@@ -55,6 +55,7 @@ from medops.train.checkpoint import (
     load_checkpoint,
     rng_state,
     set_rng_state,
+    snapshot,
 )
 from medops.train.device import resolve_device
 from medops.train.ema import WeightEMA
@@ -256,8 +257,6 @@ class _Run:
         self.x_train = torch.from_numpy(train.x)
         self.y_train = torch.from_numpy(train.y)
         self.history: list[EpochResult] = []
-        self.best_score = -math.inf
-        self.best_epoch = 0
         self.kept: list[_Kept] = []  # the best epochs, best first, at most self.average
         self.average = max(1, min(cfg.average_best, cfg.epochs // 4))
         self.monitor = _monitor_for(val)
@@ -321,9 +320,7 @@ class _Run:
             loss_weight=self.loss_weight,
         )
         value = self._monitored(score, epoch)
-        best = value > self.best_score
-        if best:
-            self.best_score, self.best_epoch = value, epoch
+        best = not self.kept or value > self.kept[0].score
         self._keep(value, epoch)
         result = EpochResult(
             epoch=epoch,
@@ -397,10 +394,14 @@ class _Run:
         k = self.average
         if len(self.kept) == k and value <= self.kept[-1].score:
             return
-        state = {name: v.detach().to("cpu", copy=True) for name, v in self._scored().items()}
-        self.kept.append(_Kept(value, epoch, state))
+        self.kept.append(_Kept(value, epoch, snapshot(self._scored())))
         self.kept.sort(key=lambda kept: -kept.score)  # stable: an earlier epoch wins a tie
         del self.kept[k:]
+
+    @property
+    def best_epoch(self) -> int:
+        """The best-scoring epoch so far (0 before the first)."""
+        return self.kept[0].epoch if self.kept else 0
 
     def _last_kept_epoch(self) -> int:
         """The latest epoch that joined the kept best (still kept: only a later one can oust
@@ -439,8 +440,6 @@ class _Run:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "best_score": self.best_score,
-                "best_epoch": self.best_epoch,
                 # this epoch's kept weights are the scored ones above: not written twice
                 "kept": [
                     {"score": k.score, "epoch": k.epoch,
@@ -464,12 +463,9 @@ class _Run:
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
-        self.best_score = float(ckpt["best_score"])
-        self.best_epoch = int(ckpt["best_epoch"])
         self.kept = [
             _Kept(float(k["score"]), int(k["epoch"]),
-                  k["state"] if k["state"] is not None
-                  else {n: v.detach().to("cpu", copy=True) for n, v in self._scored().items()})
+                  k["state"] if k["state"] is not None else snapshot(self._scored()))
             for k in ckpt["kept"]
         ]
         set_rng_state(ckpt["rng"])
