@@ -62,31 +62,49 @@ def make_agent_project(root: Path, data: Path | None = None, name: str = "agent-
     return root
 
 
-class AgentProcess:
-    """`medops agent` in its own session (so teardown can stop everything it started)."""
+class MedopsProcess:
+    """A `medops` command in its own session (so teardown can stop everything it started),
+    logging to a file in the project."""
 
-    def __init__(self, root: Path, *args: str) -> None:
+    def __init__(self, root: Path, command: str) -> None:
         self.root = root
-        self.args = args
-        self.log = root / f"agent-{time.monotonic_ns()}.log"
+        self.log = root / f"{command}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 300) -> AgentProcess:
+    def launch(self, *args: str) -> subprocess.Popen[bytes]:
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([MEDOPS, "agent", "-C", str(self.root), *self.args],
-                                         stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([MEDOPS, *args], stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        # "warm": the run processes' imports are done, so what a test times is the agent's
-        # own behaviour, not torch's import on a busy machine.
-        wait_for(lambda: "warm in" in self.text(), timeout, f"agent warm\n{self.tail()}",
-                 proc=self.proc)
-        return self
+        return self.proc
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def tail(self) -> str:
         return "\n".join(self.text().splitlines()[-30:])
+
+    def cleanup(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+class AgentProcess(MedopsProcess):
+    """`medops agent` on the project at ``root``."""
+
+    def __init__(self, root: Path, *args: str) -> None:
+        super().__init__(root, "agent")
+        self.args = args
+
+    def start(self, timeout: float = 300) -> AgentProcess:
+        proc = self.launch("agent", "-C", str(self.root), *self.args)
+        # "warm": the run processes' imports are done, so what a test times is the agent's
+        # own behaviour, not torch's import on a busy machine.
+        wait_for(lambda: "warm in" in self.text(), timeout, f"agent warm\n{self.tail()}",
+                 proc=proc)
+        return self
 
     def kill(self) -> None:
         """SIGKILL the agent alone: its run child must notice and die by itself."""
@@ -98,13 +116,6 @@ class AgentProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
-
-    def cleanup(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 @pytest.fixture

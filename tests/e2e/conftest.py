@@ -4,13 +4,8 @@ folder, and a loopback webhook receiving the notifications."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,7 +13,7 @@ import httpx
 import pytest
 
 from medops.demo.synthetic import SyntheticImage
-from tests.agent.conftest import MEDOPS, agents, wait_for, webhook
+from tests.agent.conftest import MedopsProcess, agents, wait_for, webhook
 
 __all__ = ["ServeProcess", "Traffic", "agents", "servers", "webhook"]
 
@@ -29,24 +24,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class ServeProcess:
-    """`medops serve` in its own session, logging to a file in the project."""
+class ServeProcess(MedopsProcess):
+    """`medops serve` on the project at ``root``, on a free loopback port."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        super().__init__(root, "serve")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / f"serve-{time.monotonic_ns()}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 180) -> ServeProcess:
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [MEDOPS, "serve", "-C", str(self.root), "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.launch("serve", "-C", str(self.root), "--host", "127.0.0.1",
+                           "--port", str(self.port))
         wait_for(lambda: self.ready_version() is not None, timeout,
-                 f"medops serve ready\n{self.tail()}", proc=self.proc)
+                 f"medops serve ready\n{self.tail()}", proc=proc)
         return self
 
     def ready_version(self) -> str | None:
@@ -56,17 +46,6 @@ class ServeProcess:
         except httpx.TransportError:
             return None
         return str(r.json()["version"]) if r.status_code == 200 else None
-
-    def tail(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-30:])
-
-    def cleanup(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
 
 
 @pytest.fixture
