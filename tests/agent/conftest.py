@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from medops.config import set_dotted
 from medops.demo.synthetic import SyntheticDataset, make_synthetic_dataset
 from medops.project import Project
 from tests.pipeline.conftest import FAST
@@ -50,11 +51,7 @@ def make_agent_project(root: Path, data: Path | None = None, name: str = "agent-
     Project.init(root, name=name)
     raw = yaml.safe_load((root / "medops.yaml").read_text())
     for dotted, value in {**AGENT_FAST, **settings}.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(raw, dotted, value)
     (root / "medops.yaml").write_text(yaml.safe_dump(raw))
     if data is not None:
         shutil.rmtree(root / "data" / "raw")

@@ -14,7 +14,13 @@ from medops.config.enums import (
     Step,
     WindowMode,
 )
-from medops.config.loader import CONFIG_FILE, load_config, parse_config, parse_override
+from medops.config.loader import (
+    CONFIG_FILE,
+    load_config,
+    parse_config,
+    parse_override,
+    set_dotted,
+)
 from medops.config.schema import MedopsConfig, resolve_path
 from medops.config.template import render_template
 
@@ -38,4 +44,5 @@ __all__ = [
     "parse_override",
     "render_template",
     "resolve_path",
+    "set_dotted",
 ]

@@ -29,7 +29,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> MedopsCo
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        set_dotted(raw, dotted, value)
     return parse_config(raw, origin=str(path))
 
 
@@ -50,7 +50,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """``raw["train"]["epochs"] = value`` for ``dotted`` "train.epochs", sections made as needed."""
     node = raw
     *parents, leaf = dotted.split(".")
     for part in parents:

@@ -99,16 +99,12 @@ def _write_settings(root: Path, settings: dict[str, Any]) -> None:
     afterwards see the demo's configuration."""
     import yaml
 
-    from medops.config import CONFIG_FILE
+    from medops.config import CONFIG_FILE, set_dotted
 
     path = root / CONFIG_FILE
     raw = yaml.safe_load(path.read_text())
     for dotted, value in settings.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(raw, dotted, value)
     header = ("# medops demo: the defaults of `medops init` (run it for the commented file) "
               "with the demo's settings\n")
     path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
