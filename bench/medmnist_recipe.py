@@ -84,6 +84,36 @@ def _print_epoch(ep: EpochResult) -> None:
     )
 
 
+def configs(
+    overrides: dict[str, dict[str, Any]], **train: Any
+) -> tuple[PreprocessConfig, ModelConfig, TrainConfig]:
+    """The default configuration with ``overrides``; keyword ``train`` fields win over theirs."""
+    fields = {**overrides["train"], **train}
+    if overrides["augment"]:
+        base = TrainConfig().augment
+        fields["augment"] = base.model_copy(update=overrides["augment"]) if base else None
+    return (
+        PreprocessConfig(**overrides["preprocess"]),
+        ModelConfig(**overrides["model"]),
+        TrainConfig(**fields),
+    )
+
+
+def model_spec(
+    sets: dict[str, ArrayData], model_cfg: ModelConfig, cfg: TrainConfig, stem_pool: bool
+) -> ModelSpec:
+    """The spec the pipeline would build for these images."""
+    x = sets["train"].x
+    return ModelSpec(
+        architecture=model_cfg.architecture,
+        in_channels=x.shape[1],
+        num_classes=int(max(s.y.max() for s in sets.values())) + 1,
+        small_input=resolve_small_input(model_cfg, (x.shape[2], x.shape[3])),
+        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
+        small_input_pool=stem_pool,
+    )
+
+
 def run_once(
     path: Path,
     seed: int,
@@ -92,26 +122,11 @@ def run_once(
     verbose: bool,
     stem_pool: bool = True,
 ) -> dict[str, Any]:
-    pre = PreprocessConfig(**overrides["preprocess"])
-    model_cfg = ModelConfig(**overrides["model"])
-    train_fields = dict(overrides["train"], seed=seed)
-    if overrides["augment"]:
-        base = TrainConfig().augment
-        augment = base.model_copy(update=overrides["augment"]) if base else None
-        train_fields["augment"] = augment
-    cfg = TrainConfig(**train_fields)
+    pre, model_cfg, cfg = configs(overrides, seed=seed)
     started = time.perf_counter()
     sets = load(path, pre.normalize)
-    x = sets["train"].x
-    num_classes = int(max(s.y.max() for s in sets.values())) + 1
-    spec = ModelSpec(
-        architecture=model_cfg.architecture,
-        in_channels=x.shape[1],
-        num_classes=num_classes,
-        small_input=resolve_small_input(model_cfg, (x.shape[2], x.shape[3])),
-        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
-        small_input_pool=stem_pool,
-    )
+    spec = model_spec(sets, model_cfg, cfg, stem_pool)
+    num_classes = spec.num_classes
     with tempfile.TemporaryDirectory() as tmp:
         result = train_model(
             spec,
