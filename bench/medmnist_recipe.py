@@ -39,10 +39,14 @@ from medops.train import (
 EPS = 1e-6
 
 
-def preprocess(images: np.ndarray, normalize: Normalize) -> np.ndarray:
-    """uint8 (N, H, W) or (N, H, W, 3) to float32 (N, C, H, W), normalised per image."""
+def nchw(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, 3) to float32 (N, C, H, W), values kept."""
     x = images.astype(np.float32)
-    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def normalise(x: np.ndarray, normalize: Normalize) -> np.ndarray:
+    """(N, C, H, W) normalised per image, as ``preprocess.normalize`` does."""
     axes = (1, 2, 3)
     if normalize is Normalize.ZSCORE:
         mean = x.mean(axis=axes, keepdims=True)
@@ -51,6 +55,11 @@ def preprocess(images: np.ndarray, normalize: Normalize) -> np.ndarray:
     lo = x.min(axis=axes, keepdims=True)
     hi = x.max(axis=axes, keepdims=True)
     return np.ascontiguousarray((x - lo) / np.maximum(hi - lo, EPS))
+
+
+def preprocess(images: np.ndarray, normalize: Normalize) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, 3) to float32 (N, C, H, W), normalised per image."""
+    return normalise(nchw(images), normalize)
 
 
 def load(path: Path, normalize: Normalize) -> dict[str, ArrayData]:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medmnist_recipe import configs, load, model_spec, parse_overrides
+from medmnist_recipe import configs, load, model_spec, nchw, normalise, parse_overrides
+from medops.config.enums import Normalize
 from medops.evaluate import compute_metrics
 from medops.train import ArrayData, predict_proba, train_model
 from medops.train import trainer as _trainer
@@ -77,23 +78,17 @@ def best_epochs(score: Callable[[int], float], epochs: int, k: int) -> list[int]
 
 
 def renormalise(sets: dict[str, ArrayData], npz: Path, upsample: int, global_norm: bool) -> None:
-    """The levers outside the pipeline's preprocessing, applied in place."""
+    """The levers outside the pipeline's preprocessing, applied in place (one at a time)."""
     if global_norm:  # x / 255, then the training set's mean and standard deviation
         raw = np.load(npz)
-
-        def scaled(split: str) -> np.ndarray:
-            x = raw[f"{split}_images"].astype(np.float32) / 255.0
-            return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-
-        train = scaled("train")
-        mean, std = train.mean(), train.std()
+        scaled = {split: nchw(raw[f"{split}_images"]) / 255.0 for split in sets}
+        mean, std = scaled["train"].mean(), scaled["train"].std()
         for split, data in sets.items():
-            data.x = np.ascontiguousarray((scaled(split) - mean) / std, dtype=np.float32)
-    if upsample:  # bilinear, then z-scored per image again
+            data.x = np.ascontiguousarray((scaled[split] - mean) / std, dtype=np.float32)
+    if upsample:  # bilinear, then normalised per image again
         for data in sets.values():
             x = F.interpolate(torch.from_numpy(data.x), size=(upsample, upsample), mode="bilinear")
-            x = (x - x.mean((1, 2, 3), keepdim=True)) / (x.std((1, 2, 3), keepdim=True) + 1e-6)
-            data.x = x.contiguous().numpy()
+            data.x = normalise(x.numpy(), Normalize.ZSCORE)
 
 
 def main() -> None:
@@ -102,8 +97,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--no-stem-pool", action="store_true")
-    parser.add_argument("--upsample", type=int, default=0, help="resize the input to N px")
-    parser.add_argument("--global-norm", action="store_true", help="dataset, not per-image, norm")
+    input_lever = parser.add_mutually_exclusive_group()
+    input_lever.add_argument("--upsample", type=int, default=0, help="resize the input to N px")
+    input_lever.add_argument(
+        "--global-norm", action="store_true", help="dataset, not per-image, normalisation"
+    )
     parser.add_argument("--sgd", type=float, default=0.0, help="SGD (Nesterov) at this lr")
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)

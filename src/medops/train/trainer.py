@@ -319,9 +319,7 @@ class _Run:
             batch_size=max(self.cfg.batch_size, 256),
             loss_weight=self.loss_weight,
         )
-        value = self._monitored(score, epoch)
-        best = not self.kept or value > self.kept[0].score
-        self._keep(value, epoch)
+        self._keep(self._monitored(score, epoch), epoch)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -330,7 +328,7 @@ class _Run:
             val_accuracy=score.accuracy,
             lr=float(lr),
             seconds=time.perf_counter() - started,
-            best_so_far=best,
+            best_so_far=self.best_epoch == epoch,
         )
         self.history.append(result)
         return result
