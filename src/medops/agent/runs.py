@@ -98,28 +98,20 @@ def execute_run(workspace: Any, run_id: str, agent_pid: int, log_level: int) -> 
     agent that launched it still holds it."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
     _exit_with_agent(agent_pid)
-    interrupted = False
-
-    def interrupt(signum: int, frame: Any) -> None:
-        nonlocal interrupted
-        if not interrupted:  # Ctrl-C reaches the whole group and the agent relays it: once
-            interrupted = True
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
     from medops.errors import MedopsError, StepFailedError
-    from medops.pipeline import PipelineRunner
+    from medops.pipeline import Interrupt, PipelineRunner
     from medops.storage import RunStatus
 
-    # Compare-and-set: a child whose agent died before it started (its forkserver was still
-    # importing) finds the run taken by the next agent, and leaves it alone.
+    interrupt = Interrupt()
+    interrupt.install()  # never restored: a stopping run's process exits
+    # Compare-and-set: a child whose agent died before it started (its forkserver was
+    # still importing) finds the run taken by the next agent, and leaves it alone.
     if not workspace.state.take_run(run_id, RunStatus.RUNNING, agent_pid):
-        log.warning("run %s is no longer held by agent %d; not starting it", run_id, agent_pid)
+        log.warning("run %s is no longer held by agent %d; not starting it", run_id,
+                    agent_pid)
         sys.exit(EXIT_NOT_OURS)
-    runner = PipelineRunner(workspace, _LogReporter(run_id))
     try:
-        record = runner.start(run_id)
+        record = PipelineRunner(workspace, _LogReporter(run_id), interrupt).start(run_id)
     except StepFailedError as exc:
         log.warning("run %s failed: step %s", run_id, exc.step)
         sys.exit(EXIT_STEP_FAILED)

@@ -71,7 +71,7 @@ def run(project: Path | None = ProjectOpt,
 
     Example: medops run --set train.epochs=5
     """
-    from medops.pipeline import PipelineRunner
+    from medops.pipeline import Interrupt, PipelineRunner
 
     if via_agent:
         agent_request(project=project, reason="medops run --via-agent", key=None,
@@ -79,11 +79,12 @@ def run(project: Path | None = ProjectOpt,
         return
     proj = _project(project, set_)
     if json_out:
-        record = PipelineRunner(proj).run("manual", until)
+        with Interrupt().on_signals() as stop:
+            record = PipelineRunner(proj, interrupt=stop).run("manual", until)
         print_json(run_to_dict(record))
         return
-    with RichReporter() as reporter:
-        record = PipelineRunner(proj, reporter).run("manual", until)
+    with Interrupt().on_signals() as stop, RichReporter() as reporter:
+        record = PipelineRunner(proj, reporter, stop).run("manual", until)
     console.print(run_detail(record))
 
 
@@ -121,11 +122,11 @@ def runs_show(run_id: str, project: Path | None = ProjectOpt,
 @handle_errors
 def runs_resume(run_id: str, project: Path | None = ProjectOpt) -> None:
     """Continue an interrupted or failed run from its first unfinished step."""
-    from medops.pipeline import PipelineRunner
+    from medops.pipeline import Interrupt, PipelineRunner
 
     proj = _project(project)
-    with RichReporter() as reporter:
-        record = PipelineRunner(proj, reporter).resume(run_id)
+    with Interrupt().on_signals() as stop, RichReporter() as reporter:
+        record = PipelineRunner(proj, reporter, stop).resume(run_id)
     console.print(run_detail(record))
 
 

@@ -3,11 +3,13 @@ register, each step recorded, retried and resumable."""
 
 from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
 from medops.pipeline.gate import GateVerdict, decide
+from medops.pipeline.interrupt import Interrupt
 from medops.pipeline.runner import STEPS, PipelineRunner, new_run_id
 
 __all__ = [
     "STEPS",
     "GateVerdict",
+    "Interrupt",
     "PipelineRunner",
     "Reporter",
     "RunContext",

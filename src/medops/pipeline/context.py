@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medops.config.schema import MedopsConfig
+from medops.pipeline.interrupt import Interrupt
 from medops.storage import StateStore
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class RunContext:
     run_id: str
     run_dir: Path
     reporter: Reporter
+    interrupt: Interrupt = field(default_factory=Interrupt)
     step: str = ""
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 

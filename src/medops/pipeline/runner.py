@@ -13,6 +13,7 @@ from medops.config import parse_config
 from medops.config.enums import Step
 from medops.errors import ConfigError, DataError, PipelineError, StepFailedError
 from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
+from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
 from medops.pipeline.steps_model import evaluate, gate, register, train
 from medops.storage import RunRecord, RunStatus, StepStatus
@@ -42,9 +43,13 @@ def new_run_id() -> str:
 
 
 class PipelineRunner:
-    def __init__(self, ws: Workspace, reporter: Reporter | None = None) -> None:
+    def __init__(self, ws: Workspace, reporter: Reporter | None = None,
+                 interrupt: Interrupt | None = None) -> None:
+        """``interrupt``: the stop request a signal handler sets (see
+        :meth:`Interrupt.on_signals`); a run stopped by it is ``interrupted``, never retried."""
         self.ws = ws
         self.reporter = reporter or SilentReporter()
+        self.interrupt = interrupt or Interrupt()
 
     def run(self, trigger: str = "manual", until: Step | None = None) -> RunRecord:
         """Start a new run; stops after ``until`` when given (later steps stay pending)."""
@@ -87,11 +92,12 @@ class PipelineRunner:
     def _execute(self, ws: Workspace, run_id: str, until: Step | None) -> RunRecord:
         record = ws.state.get_run(run_id)
         ctx = RunContext(ws=ws, run_id=run_id, run_dir=ws.artifacts / "runs" / run_id,
-                         reporter=self.reporter)
+                         reporter=self.reporter, interrupt=self.interrupt)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         done = {s.name: s for s in record.steps if s.status is StepStatus.SUCCEEDED}
         try:
             for step in Step:
+                self.interrupt.check()
                 if step.value in done:
                     ctx.outputs[step.value] = done[step.value].outputs
                 else:
@@ -124,6 +130,9 @@ class PipelineRunner:
             try:
                 outputs = STEPS[step](ctx)
             except Exception as exc:
+                if self.interrupt.requested or caused_by_interrupt(exc):
+                    # The stop, disguised by a library: the step resumes, it has not failed.
+                    raise KeyboardInterrupt from exc
                 retry = not isinstance(exc, _NOT_RETRIED) and attempt < retries.attempts
                 text = f"{type(exc).__name__}: {exc}"
                 state.update_step(

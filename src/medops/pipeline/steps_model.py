@@ -87,6 +87,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
         ctx.progress(ep.epoch, cfg.train.epochs)
         ctx.message(f"epoch {ep.epoch}: loss {ep.train_loss:.4f} val_auc {ep.val_auc:.4f}"
                     + (" (best)" if ep.best_so_far else ""))
+        ctx.interrupt.check()  # the epoch is checkpointed and logged: a resume continues after it
 
     result = fit(spec, train_data, val_data, cfg.train, cfg.model, checkpoint_dir=ckpt,
                  on_epoch=on_epoch, progress=False)
