@@ -71,3 +71,25 @@ def test_resume_refuses_a_finished_run(project: Project) -> None:
     again = subprocess.run([*MEDOPS, "runs", "resume", run_id, "-C", str(project.root)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 6 and "already finished" in again.stdout + again.stderr
+
+
+def test_sigterm_mid_training_marks_the_run_interrupted_at_once(project: Project) -> None:
+    log = project.root / "run.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([*MEDOPS, "run", "-C", str(project.root), *_settings()],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    state = make_project(project.root).state
+    deadline = time.monotonic() + 240
+    while not any(s.name == "train" and s.status.value == "running"
+                  for r in state.list_runs() for s in r.steps):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(timeout=30) == 130, log.read_text()
+    # Recorded by the process itself, not inferred later from a dead pid.
+    run = state.list_runs()[0]
+    assert run.status is RunStatus.INTERRUPTED, log.read_text()
+    train = next(s for s in run.steps if s.name == "train")
+    assert train.attempts == 1 and train.status.value == "running"
+    assert "medops runs resume" in log.read_text()
