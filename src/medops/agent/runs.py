@@ -104,11 +104,10 @@ def execute_run(workspace: Any, run_id: str, agent_pid: int, log_level: int) -> 
 
     interrupt = Interrupt()
     interrupt.install()  # never restored: a stopping run's process exits
-    # Compare-and-set: a child whose agent died before it started (its forkserver was
-    # still importing) finds the run taken by the next agent, and leaves it alone.
+    # Compare-and-set: a child whose agent died before it started (its forkserver was still
+    # importing) finds the run taken by the next agent, and leaves it alone.
     if not workspace.state.take_run(run_id, RunStatus.RUNNING, agent_pid):
-        log.warning("run %s is no longer held by agent %d; not starting it", run_id,
-                    agent_pid)
+        log.warning("run %s is no longer held by agent %d; not starting it", run_id, agent_pid)
         sys.exit(EXIT_NOT_OURS)
     try:
         record = PipelineRunner(workspace, _LogReporter(run_id), interrupt).start(run_id)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -13,6 +14,9 @@ from rich.markup import escape
 from medops.cli.render import err_console
 from medops.config import parse_override
 from medops.errors import MedopsError, exit_code_for
+
+if TYPE_CHECKING:
+    from medops.pipeline import PipelineRunner, Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,3 +46,13 @@ def load_project(path: Path | None, sets: list[str] | None = None) -> Any:
 
     overrides = dict(parse_override(s) for s in sets or [])
     return Project.load(path, overrides)
+
+
+@contextmanager
+def interruptible_runner(project: Any,
+                         reporter: Reporter | None = None) -> Iterator[PipelineRunner]:
+    """A PipelineRunner whose run Ctrl-C or SIGTERM interrupts (resumable, never retried)."""
+    from medops.pipeline import Interrupt, PipelineRunner
+
+    with Interrupt().on_signals() as stop:
+        yield PipelineRunner(project, reporter, stop)

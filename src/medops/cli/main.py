@@ -9,7 +9,7 @@ import typer
 
 from medops.cli.agent import agent_app, events_app
 from medops.cli.agent import request as agent_request
-from medops.cli.common import JsonOpt, ProjectOpt, handle_errors
+from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, interruptible_runner
 from medops.cli.common import load_project as _project
 from medops.cli.data import data_app
 from medops.cli.models import models_app
@@ -71,20 +71,18 @@ def run(project: Path | None = ProjectOpt,
 
     Example: medops run --set train.epochs=5
     """
-    from medops.pipeline import Interrupt, PipelineRunner
-
     if via_agent:
         agent_request(project=project, reason="medops run --via-agent", key=None,
                       json_out=json_out)
         return
     proj = _project(project, set_)
     if json_out:
-        with Interrupt().on_signals() as stop:
-            record = PipelineRunner(proj, interrupt=stop).run("manual", until)
+        with interruptible_runner(proj) as runner:
+            record = runner.run("manual", until)
         print_json(run_to_dict(record))
         return
-    with Interrupt().on_signals() as stop, RichReporter() as reporter:
-        record = PipelineRunner(proj, reporter, stop).run("manual", until)
+    with RichReporter() as reporter, interruptible_runner(proj, reporter) as runner:
+        record = runner.run("manual", until)
     console.print(run_detail(record))
 
 
@@ -122,11 +120,9 @@ def runs_show(run_id: str, project: Path | None = ProjectOpt,
 @handle_errors
 def runs_resume(run_id: str, project: Path | None = ProjectOpt) -> None:
     """Continue an interrupted or failed run from its first unfinished step."""
-    from medops.pipeline import Interrupt, PipelineRunner
-
     proj = _project(project)
-    with Interrupt().on_signals() as stop, RichReporter() as reporter:
-        record = PipelineRunner(proj, reporter, stop).resume(run_id)
+    with RichReporter() as reporter, interruptible_runner(proj, reporter) as runner:
+        record = runner.resume(run_id)
     console.print(run_detail(record))
 
 

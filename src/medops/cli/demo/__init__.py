@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medops.cli.common import interruptible_runner
 from medops.cli.render import RichReporter, console, run_detail
-from medops.pipeline import Interrupt, PipelineRunner
 from medops.project import Project, import_source
 
 # Small enough for a laptop CPU; the recipe itself is the project default. ~130 training
@@ -64,8 +64,8 @@ def run_demo(data: Path | None = None, directory: Path | None = None,
     else:
         result = import_source(project, data)
         console.print(f"imported {data}: {result['items']} items with their published split")
-    with Interrupt().on_signals() as stop, RichReporter() as reporter:
-        record = PipelineRunner(project, reporter, stop).run("demo")
+    with RichReporter() as reporter, interruptible_runner(project, reporter) as runner:
+        record = runner.run("demo")
     console.print(run_detail(record))
     _explain(project, record.id)
     if skip is not None:
