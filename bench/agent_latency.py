@@ -33,7 +33,7 @@ import yaml
 
 from medops.demo.synthetic import make_synthetic_dataset
 from medops.project import Project
-from medops.storage import RunRecord, RunStatus, StateStore
+from medops.storage import RunRecord, RunStatus, StateStore, StepRecord
 
 MEDOPS = str(Path(sys.executable).parent / "medops")
 
@@ -52,7 +52,7 @@ def first_step_started(state: StateStore, known: set[str], timeout: float = 30) 
     raise TimeoutError("no run started")
 
 
-def _ingest(run: RunRecord) -> object:
+def _ingest(run: RunRecord) -> StepRecord:
     return next(s for s in run.steps if s.name == "ingest")
 
 

@@ -79,9 +79,9 @@ def group_files(syntaxes: set[str], globs: tuple[str, ...], names: tuple[str, ..
     """The group's files that exist here, single-frame, of one of its transfer syntaxes."""
     found = [p for pattern in globs for p in sorted(SHARED.glob(pattern))]
     for name in names:
-        path = get_testdata_file(name, download=False)
-        if path:
-            found.append(Path(path))
+        bundled = get_testdata_file(name, download=False)
+        if isinstance(bundled, str):
+            found.append(Path(bundled))
     kept = []
     for path in found:
         ds = pydicom.dcmread(path, stop_before_pixels=True)

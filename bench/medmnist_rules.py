@@ -54,7 +54,7 @@ def record_every_epoch() -> list[State]:
         states.append(snapshot(run._scored()))
         keep(run, value, epoch)
 
-    _trainer._Run._keep = recording  # type: ignore[method-assign]
+    _trainer._Run._keep = recording  # type: ignore[method-assign,assignment]
     return states
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     overrides = parse_overrides(args.overrides)
     if args.sgd:
-        _trainer.make_optimizer = lambda model, cfg, device: torch.optim.SGD(  # type: ignore[assignment]
+        _trainer.make_optimizer = lambda model, cfg, device: torch.optim.SGD(  # type: ignore[assignment,return-value]
             model.parameters(), lr=args.sgd, momentum=0.9, nesterov=True, weight_decay=5e-4
         )
     no_early_stop = overrides["train"].get("patience", 10_000)  # the rules replay it

@@ -191,12 +191,11 @@ async def drive(url: str, body: bytes, headers: dict[str, str], clients: int, se
 def merge(parts: list[Result]) -> Result:
     """One variant's windows of a level as one result: requests over the summed time."""
     seconds = sum(p.seconds for p in parts)
-    cores = [p.server_cores for p in parts]
+    cores = [(p.server_cores, p.seconds) for p in parts if p.server_cores is not None]
     return Result(parts[0].variant, parts[0].clients, sum(p.requests for p in parts),
                   sum(p.errors for p in parts), seconds,
                   [t for p in parts for t in p.latencies],
-                  None if None in cores else
-                  sum(c * p.seconds for c, p in zip(cores, parts, strict=True)) / seconds)
+                  sum(c * s for c, s in cores) / seconds if len(cores) == len(parts) else None)
 
 
 def group_cpu_seconds(pgid: int) -> float:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> SyntheticDataset:
 
 
 def make_agent_project(root: Path, data: Path | None = None, name: str = "agent-test",
-                       **settings: Any) -> Path:
+                       settings: Mapping[str, Any] | None = None) -> Path:
     """A project folder whose medops.yaml holds AGENT_FAST plus ``settings`` (dotted keys)."""
     Project.init(root, name=name)
     raw = yaml.safe_load((root / "medops.yaml").read_text())
-    for dotted, value in {**AGENT_FAST, **settings}.items():
+    for dotted, value in {**AGENT_FAST, **(settings or {})}.items():
         set_dotted(raw, dotted, value)
     (root / "medops.yaml").write_text(yaml.safe_dump(raw))
     if data is not None:

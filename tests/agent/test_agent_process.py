@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,12 @@ def _event(root: Path, event_id: object) -> dict[str, object]:
     return next(e for e in events(root) if e["id"] == event_id)
 
 
+def _handled(root: Path, event_id: object) -> dict[str, object] | None:
+    """The event once the agent has handled it, else None."""
+    event = _event(root, event_id)
+    return event if event["status"] == "handled" else None
+
+
 def _pid_alive(pid: int | None) -> bool:
     """Running, not merely a zombie its parent has not reaped yet."""
     if pid is None:
@@ -61,7 +68,7 @@ def _pid_alive(pid: int | None) -> bool:
 
 def test_landing_files_start_one_run_then_too_little_new_data_is_skipped(
         tmp_path: Path, dataset: SyntheticDataset, agents: Agents, webhook: Webhook) -> None:
-    root = make_agent_project(tmp_path / "p", **{
+    root = make_agent_project(tmp_path / "p", settings={
         "notify.urls": [webhook.url],
         "triggers": [{"on": "data.arrived", "min_new_items": 5, "debounce": 0.3}]})
     agents(root)
@@ -137,8 +144,8 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         agent = agents(root)
         # A client retrying its request after the crash creates nothing new.
         assert _request(root, f"trial-{trial}")["duplicate"] is True
-        event = wait_for(lambda eid=event_id: (e := _event(root, eid))["status"] == "handled"
-                         and e, 300, f"event {event_id} handled ({delay_note})")
+        event = wait_for(partial(_handled, root, event_id), 300,
+                         f"event {event_id} handled ({delay_note})")
         mine = [r for r in _runs(root) if r.id.endswith(f"-e{event_id}")]
         assert len(mine) == 1, f"trial {trial}, {delay_note}: {mine}"
         assert mine[0].status is RunStatus.SUCCEEDED
@@ -151,7 +158,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
 
 def test_sigterm_stops_within_seconds_and_the_run_resumes(
         tmp_path: Path, dataset: SyntheticDataset, agents: Agents) -> None:
-    root = make_agent_project(tmp_path / "p", data=dataset.root, **{"train.epochs": 8})
+    root = make_agent_project(tmp_path / "p", data=dataset.root, settings={"train.epochs": 8})
     agent = agents(root)
     event_id = _request(root, "sigterm")["event_id"]
     wait_for(lambda: any(s.name == "train" and s.status.value == "running"
@@ -178,7 +185,7 @@ def test_sigterm_stops_within_seconds_and_the_run_resumes(
 def test_schedule_fires_once_per_slot_across_a_restart(
         tmp_path: Path, agents: Agents, webhook: Webhook) -> None:
     # No data at all: the first firing starts a run that fails at once (and is notified).
-    root = make_agent_project(tmp_path / "p", **{
+    root = make_agent_project(tmp_path / "p", settings={
         "triggers": [{"on": "schedule", "every": "1s", "name": "tick"}],
         "agent.cooldown": "1h", "notify.urls": [webhook.url]})
     for seconds in (3.5, 2.5):

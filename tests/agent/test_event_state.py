@@ -33,8 +33,9 @@ def test_a_run_is_created_with_its_claims_and_only_once(state: StateStore) -> No
     assert [r.id for r in state.list_runs()] == ["r1"]
     assert state.run_ids(RunStatus.RUNNING) == ["r1"]
     open_ = {e.id: e.decision for e in state.open_events()}
-    assert open_[a.id] is not None and open_[a.id].status is DecisionStatus.CLAIMED
-    assert open_[a.id].run_id == "r1"
+    decision = open_[a.id]
+    assert decision is not None and decision.status is DecisionStatus.CLAIMED
+    assert decision.run_id == "r1"
 
     state.finish_run("r1", RunStatus.SUCCEEDED)
     state.release_claims("r1")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from medops.cli.main import app
 from medops.data.ingest import ingest_files
 from medops.project import Project
+from tests.samples import pydicom_file
 
 runner = CliRunner()
 
@@ -44,7 +44,7 @@ def test_receiver_sources_are_not_polled(tmp_path: Path) -> None:
 def test_ls_shows_counts_cursors_and_quarantine(tmp_path: Path) -> None:
     medops("init", str(tmp_path))
     project = Project.load(tmp_path)
-    files = [("ct.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes()),
+    files = [("ct.dcm", pydicom_file("CT_small.dcm").read_bytes()),
              ("junk.dcm", b"not dicom at all")]
     ingest_files(files, "scp", project.state, project.landing_dir, project.ingest_settings)
     project.state.set_cursor("pacs", "seq-42")

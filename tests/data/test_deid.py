@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -25,12 +24,13 @@ from medops.data.deid import (
     write_dataset,
 )
 from medops.data.images import read_stored_values
+from tests.samples import pydicom_file
 
 SECRET = b"test-secret-0123456789abcdef"
 
 
 def _read(name: str) -> Dataset:
-    return pydicom.dcmread(get_testdata_file(name))
+    return pydicom.dcmread(pydicom_file(name))
 
 
 def _deid(ds: Dataset, cfg: DeidConfig | None = None, secret: bytes = SECRET) -> Dataset:

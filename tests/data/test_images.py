@@ -14,7 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_voi, apply_windowing, pixel_array
@@ -29,18 +28,12 @@ from medops.data.images import (
     sniff_format,
 )
 from medops.errors import DataError, UnreadableImageError, UnsupportedImageError
+from tests.samples import pydicom_file
 
 # The ``shared_data`` fixture (tests/conftest.py) skips when this folder is missing; the
 # constant only lists the HTJ2K pairs at collection time.
 SHARED = (Path(__file__).parents[2] / "../shared/data").resolve()
 XRAY_MONO2 = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
-
-
-def pydicom_file(name: str) -> Path:
-    path = get_testdata_file(name, download=False)  # never reach for the network
-    if path is None:
-        pytest.skip(f"pydicom test file {name} is not installed")
-    return Path(path)
 
 
 def _htj2k_pairs() -> list[str]:
@@ -257,7 +250,7 @@ def test_dicom_without_pixel_data(tmp_path: Path) -> None:
 def test_transfer_syntax_without_decoder(tmp_path: Path, uid: str) -> None:
     ds = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     ds.PixelData = encapsulate([ds.PixelData])
-    ds.file_meta.TransferSyntaxUID = uid
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(uid)
     ds.save_as(tmp_path / "video.dcm")
     name = pydicom.uid.UID(uid).name
     _both_raise(tmp_path / "video.dcm", UnsupportedImageError, re.escape(f"{uid} ({name})"))

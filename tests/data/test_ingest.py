@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from medops.config import parse_config
 from medops.data.ingest import IngestSettings, ingest_files, ingest_remote
 from medops.data.sources.remote import PollResult, RemoteObject
 from medops.storage import ItemStatus, StateStore
+from tests.samples import pydicom_file
 
 PHI_NAME = "Zebrafinch^Philomena"
 PHI_FILE = "Zebrafinch_Philomena.dcm"  # sources often name files after the patient
@@ -71,13 +71,13 @@ def folder(tmp_path: Path, shared_data: Path) -> Path:
     """8 objects: 5 DICOM images to keep, a PNG, a text file, a burned-in image,
     and an NM image that data.select (CT, MR, CR) leaves out."""
     root = tmp_path / "remote"
-    _with_phi(get_testdata_file("CT_small.dcm"), root / "a" / PHI_FILE)
-    _with_phi(get_testdata_file("MR_small.dcm"), root / "b" / "mr.dcm")
+    _with_phi(pydicom_file("CT_small.dcm"), root / "a" / PHI_FILE)
+    _with_phi(pydicom_file("MR_small.dcm"), root / "b" / "mr.dcm")
     nema = shared_data / "dicom" / "nema_wg04_uncompressed"
     _with_phi(nema / "CT1_UNC.dcm", root / "a" / "ct1.dcm")
     _with_phi(nema / "MR1_UNC.dcm", root / "b" / "mr1.dcm")
     _with_phi(nema / "NM1_UNC.dcm", root / "b" / "nm1.dcm")
-    _with_phi(get_testdata_file("MR_small.dcm"), root / "b" / "mr_burned.dcm",
+    _with_phi(pydicom_file("MR_small.dcm"), root / "b" / "mr_burned.dcm",
               BurnedInAnnotation="YES", SOPInstanceUID="1.2.826.0.1.3680043.8.498.1")
     shutil.copy(shared_data / "xray" / "00000001_000.png", root / "a" / "xray.png")
     (root / "b" / "notes.txt").write_text(f"referral for {PHI_NAME}\n")
@@ -187,7 +187,7 @@ def test_ingest_files_for_push_sources(settings: IngestSettings, tmp_path: Path)
     state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     files = []
     for name in ("CT_small.dcm", "MR_small.dcm"):
-        _with_phi(get_testdata_file(name), tmp_path / "in" / name)
+        _with_phi(pydicom_file(name), tmp_path / "in" / name)
         files.append((name, (tmp_path / "in" / name).read_bytes()))
     report = ingest_files(files, "scp", state, tmp_path / "landing", settings, label="x")
     assert (report.files, report.new, report.events) == (2, 2, 1)
@@ -202,7 +202,7 @@ def test_ingest_files_for_push_sources(settings: IngestSettings, tmp_path: Path)
 def test_deid_off_keeps_files_as_they_came(tmp_path: Path) -> None:
     data = parse_config({"project": "p", "data": {"deid": {"enabled": False}}}).data
     settings = IngestSettings.from_config(data, None)
-    raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    raw = pydicom_file("CT_small.dcm").read_bytes()
     state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     ingest_files([("ct.dcm", raw)], "local", state, tmp_path / "landing", settings)
     (landed,) = (tmp_path / "landing" / "local").iterdir()

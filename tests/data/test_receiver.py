@@ -23,12 +23,12 @@ import yaml
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("pynetdicom")
 
-from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
 from medops.data.scp import InstanceKey, uid_hash  # noqa: E402
 from medops.storage import StateStore  # noqa: E402
 from medops.storage.received import ReceivedIndex, ReceivedStatus  # noqa: E402
+from tests.samples import pydicom_file  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     shutil.which("storescu") is None or shutil.which("echoscu") is None,
@@ -56,7 +56,7 @@ def _free_port() -> int:
 def _series(folder: Path, n: int, template: str = "CT_small.dcm") -> list[Path]:
     """``n`` instances of one new series: the template with new series and SOP instance UIDs."""
     folder.mkdir(parents=True)
-    ds = pydicom.dcmread(get_testdata_file(template))
+    ds = pydicom.dcmread(pydicom_file(template))
     ds.SeriesInstanceUID = generate_uid()
     paths = []
     for i in range(n):
@@ -183,7 +183,7 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProce
 # -- tests --------------------------------------------------------------------------------------
 def test_several_associations_store_and_series_are_ingested(
         receiver: ReceiverProcess, series: dict[str, list[Path]]) -> None:
-    ct, mr = (Path(str(get_testdata_file(f))) for f in ("CT_small.dcm", "MR_small.dcm"))
+    ct, mr = (pydicom_file(f) for f in ("CT_small.dcm", "MR_small.dcm"))
     small = series["small"]
     senders = [_storescu(receiver.port, [ct], "STORESCU"),
                _storescu(receiver.port, [mr], "SENDER2"),
@@ -257,7 +257,7 @@ def test_undecodable_payload_is_refused_and_nothing_kept(
         Verification,
     )
 
-    good = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    good = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     garbage_sop, truncated_sop = generate_uid(), generate_uid()
     garbage = tmp_path / "garbage.dcm"  # a valid Part 10 header over a dataset that is not DICOM
     meta = pydicom.dataset.FileMetaDataset()

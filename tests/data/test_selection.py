@@ -6,23 +6,23 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from medops.config import parse_config
 from medops.config.ingest import SelectConfig
 from medops.data.selection import Selection
 from medops.errors import ConfigError
+from tests.samples import pydicom_file
 
 
 @pytest.fixture(scope="module")
 def ct() -> Dataset:
-    return pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    return pydicom.dcmread(pydicom_file("CT_small.dcm"), stop_before_pixels=True)
 
 
 @pytest.fixture(scope="module")
 def mr() -> Dataset:
-    return pydicom.dcmread(get_testdata_file("MR_small.dcm"), stop_before_pixels=True)
+    return pydicom.dcmread(pydicom_file("MR_small.dcm"), stop_before_pixels=True)
 
 
 def _select(**rules: Any) -> Selection:

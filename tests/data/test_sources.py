@@ -7,17 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 
 from medops.config.enums import FrameMode, LabelsFrom
 from medops.config.schema import LabelsConfig
 from medops.data.sources import FolderSource, NpzSource
 from medops.errors import ConfigError, DataError, LabelError
 from medops.storage import ItemStatus, Split
-
-
-def _dicom(name: str) -> Path:
-    return Path(str(get_testdata_file(name)))
+from tests.samples import pydicom_file
 
 
 @pytest.fixture
@@ -25,13 +21,13 @@ def folder(tmp_path: Path) -> Path:
     root = tmp_path / "raw"
     (root / "ct").mkdir(parents=True)
     (root / "mr").mkdir()
-    shutil.copy(_dicom("CT_small.dcm"), root / "ct" / "a.dcm")
-    shutil.copy(_dicom("CT_small.dcm"), root / "ct" / "no_extension")  # found by its preamble
-    shutil.copy(_dicom("MR_small.dcm"), root / "mr" / "b.dcm")
-    data = _dicom("MR_small.dcm").read_bytes()
+    shutil.copy(pydicom_file("CT_small.dcm"), root / "ct" / "a.dcm")
+    shutil.copy(pydicom_file("CT_small.dcm"), root / "ct" / "no_extension")  # found by its preamble
+    shutil.copy(pydicom_file("MR_small.dcm"), root / "mr" / "b.dcm")
+    data = pydicom_file("MR_small.dcm").read_bytes()
     (root / "mr" / "truncated.dcm").write_bytes(data[: len(data) // 3])
     (root / "mr" / "notes.dat").write_text("not an image")
-    (root / "loose.dcm").write_bytes(_dicom("CT_small.dcm").read_bytes())  # no label folder
+    (root / "loose.dcm").write_bytes(pydicom_file("CT_small.dcm").read_bytes())  # no label folder
     (root / "labels.csv").write_text("ignored")
     return root
 
@@ -64,7 +60,7 @@ def test_truncated_file_is_quarantined_at_listing_or_validation(folder: Path) ->
 def test_multiframe_each_frame_is_an_item(tmp_path: Path) -> None:
     root = tmp_path / "raw" / "us"
     root.mkdir(parents=True)
-    shutil.copy(_dicom("SC_rgb_rle_2frame.dcm"), root / "mf.dcm")
+    shutil.copy(pydicom_file("SC_rgb_rle_2frame.dcm"), root / "mf.dcm")
     each = list(FolderSource(tmp_path / "raw", LabelsConfig(), FrameMode.EACH).list_items())
     middle = list(FolderSource(tmp_path / "raw", LabelsConfig(), FrameMode.MIDDLE).list_items())
     assert len(middle) == 1 and middle[0].frame is None

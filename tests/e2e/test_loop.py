@@ -101,7 +101,7 @@ def test_drift_retrains_and_the_server_swaps_with_no_command(
         servers: Callable[[Path], ServeProcess], webhook: Webhook) -> None:
     first_room = _room(tmp_path / "first-room", seed=0, first_patient=1, patients=20)
     root = make_agent_project(tmp_path / "e2e", first_room.root, name="e2e",
-                              **_settings(webhook))
+                              settings=_settings(webhook))
     project = Project.load(root)
     assert project.config.model_name == NAME
     v1_run = PipelineRunner(project).run("setup")  # the champion, live by approval: auto

@@ -57,6 +57,7 @@ def test_run_registers_a_candidate_with_lineage(project: Project,
 
     # MLflow has params, per-epoch metrics, plots and the model.
     client = project.tracker.client
+    assert v.run_id is not None
     run = client.get_run(v.run_id)
     assert run.data.params["model.architecture"] == "resnet18"
     assert run.data.params["dataset_version"] == manifest.version

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 from medops.config.enums import FrameMode, Normalize, WindowMode
 from medops.config.schema import PreprocessConfig
@@ -28,6 +27,7 @@ from medops.preprocess import (
     resolve_profile,
 )
 from medops.preprocess.transforms import resize
+from tests.samples import pydicom_file
 
 SHARED = (Path(__file__).parents[2] / "../shared/data").resolve()
 PYDICOM_FILES = (
@@ -76,9 +76,7 @@ def files(tmp_path: Path) -> list[Path]:
     """Real files copied into tmp_path: pydicom's, plus the shared x-ray PNGs if present."""
     out = []
     for name in PYDICOM_FILES:
-        src = get_testdata_file(name, download=False)
-        if src:
-            out.append(Path(shutil.copy(src, tmp_path / name)))
+        out.append(Path(shutil.copy(pydicom_file(name), tmp_path / name)))
     out += [Path(shutil.copy(p, tmp_path / p.name)) for p in sorted(SHARED.glob("xray/*.png"))]
     return out
 
@@ -165,7 +163,7 @@ def test_resize_is_anti_aliased() -> None:
 
 
 def test_preprocess_bytes_matches_file() -> None:
-    path = Path(get_testdata_file("MR_small_jp2klossless.dcm", download=False))
+    path = pydicom_file("MR_small_jp2klossless.dcm")
     p = profile(channels=3)
     np.testing.assert_array_equal(
         preprocess_bytes(path.read_bytes(), p), preprocess_file(path, None, p)

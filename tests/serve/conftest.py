@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -121,6 +120,6 @@ def _encode(size: int, mode: str, fmt: str) -> bytes:
 
 
 def ct_small() -> bytes:
-    from pydicom.data import get_testdata_file
+    from tests.samples import pydicom_file
 
-    return Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    return pydicom_file("CT_small.dcm").read_bytes()

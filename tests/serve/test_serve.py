@@ -114,10 +114,10 @@ def test_bad_inputs_get_4xx_with_a_message_and_serving_goes_on(
 
 
 def test_more_bad_requests(client: httpx.Client, predict_path: str) -> None:
-    from pydicom.data import get_testdata_file
+    from tests.samples import pydicom_file
 
     # 100x100 pixels x 2 frames: each frame is under the limit (18,000), the file is not.
-    multi = Path(str(get_testdata_file("SC_rgb_rle_2frame.dcm"))).read_bytes()
+    multi = pydicom_file("SC_rgb_rle_2frame.dcm").read_bytes()
     r = client.post(predict_path, content=multi, headers={"content-type": "application/dicom"})
     assert r.status_code == 413 and "100x100x2 frames" in r.json()["error"]["message"]
 

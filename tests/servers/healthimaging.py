@@ -16,7 +16,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -162,7 +162,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             return self._error(400, "ValidationException", "the body is not JSON")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        routes = [
+        routes: list[tuple[str, str, Callable[..., None]]] = [
             ("POST", r"/datastore/([^/]+)/imageSet/([^/]+)/getImageSetMetadata", self._metadata),
             ("POST", r"/datastore/([^/]+)/imageSet/([^/]+)/getImageFrame", self._frame),
             ("POST", r"/datastore/([^/]+)/imageSet/([^/]+)/getImageSet", self._image_set),

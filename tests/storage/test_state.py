@@ -57,7 +57,9 @@ def test_items_upsert_is_idempotent_and_tracks_changes(store: StateStore) -> Non
     assert store.upsert_items([_item("/x/2.dcm", "h3")]) == (0, 1)
     items = store.items()
     assert [i.content_hash for i in items] == ["h1", "h3"]
-    store.update_items([(items[0].id, {"status": ItemStatus.QUARANTINED, "reason": "bad"})])
+    first = items[0].id
+    assert first is not None
+    store.update_items([(first, {"status": ItemStatus.QUARANTINED, "reason": "bad"})])
     assert [i.uri for i in store.items(ItemStatus.QUARANTINED)] == ["/x/1.dcm"]
     assert store.item_counts() == {"s": {"quarantined": 1, "pending": 1}}
 

@@ -11,13 +11,13 @@ import pytest
 pytest.importorskip("dicomweb_client")
 
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 
 from medops.config.sources import DicomwebSourceConfig
 from medops.data.sources.dicomweb import DicomwebSource
 from medops.data.sources.factory import make_remote_source
 from medops.data.sources.remote import RemoteObject
 from medops.errors import ConfigError, DataError, DependencyMissingError
+from tests.samples import pydicom_file
 from tests.servers.orthanc import OrthancServer, running_orthanc
 
 # Real files, each a distinct SOP instance: CT, MR, NM in JPEG 2000, RGB in JPEG baseline; an
@@ -28,12 +28,8 @@ C_STORED = "SC_rgb_small_odd.dcm"
 LATER = "693_J2KI.dcm"
 
 
-def _path(name: str) -> Path:
-    return Path(str(get_testdata_file(name)))
-
-
 def _sop(name: str) -> str:
-    return str(dcmread(_path(name), stop_before_pixels=True).SOPInstanceUID)
+    return str(dcmread(pydicom_file(name), stop_before_pixels=True).SOPInstanceUID)
 
 
 def _source(server: OrthancServer, **extra: object) -> DicomwebSource:
@@ -65,8 +61,8 @@ def empty_orthanc(orthanc: OrthancServer) -> OrthancServer:
 def test_change_feed_finds_uploaded_and_c_stored_instances(empty_orthanc: OrthancServer) -> None:
     server = empty_orthanc
     for name in FILES:
-        server.upload(_path(name).read_bytes())
-    server.storescu(_path(C_STORED))  # over DICOM networking, as a modality would send it
+        server.upload(pydicom_file(name).read_bytes())
+    server.storescu(pydicom_file(C_STORED))  # over DICOM networking, as a modality would send it
 
     source = _source(server, orthanc_changes=True, page_size=3)
     objects, cursor, polls = _drain(source, None)  # from the start: deleted ones are skipped
@@ -76,15 +72,15 @@ def test_change_feed_finds_uploaded_and_c_stored_instances(empty_orthanc: Orthan
     by_key = {o.key: o for o in objects}
     for name in FILES:  # POSTed files come back byte for byte
         assert list(source.fetch(by_key[_sop(name)])) == [
-            (f"{_sop(name)}.dcm", _path(name).read_bytes())]
+            (f"{_sop(name)}.dcm", pydicom_file(name).read_bytes())]
     (_, stored), = source.fetch(by_key[_sop(C_STORED)])
-    original, received = dcmread(_path(C_STORED)), dcmread(io.BytesIO(stored))
+    original, received = dcmread(pydicom_file(C_STORED)), dcmread(io.BytesIO(stored))
     assert received.SOPInstanceUID == original.SOPInstanceUID
     assert received.PixelData == original.PixelData
 
     assert _drain(source, cursor)[0] == []  # nothing new since the cursor
     assert cursor is not None and int(cursor.split(":")[1]) == server.last_change()
-    server.upload(_path(LATER).read_bytes())
+    server.upload(pydicom_file(LATER).read_bytes())
     new, _, _ = _drain(source, cursor)
     assert [o.key for o in new] == [_sop(LATER)]
 
@@ -92,13 +88,13 @@ def test_change_feed_finds_uploaded_and_c_stored_instances(empty_orthanc: Orthan
 def test_change_feed_applies_filters_and_label_tag(empty_orthanc: OrthancServer) -> None:
     server = empty_orthanc
     for name in FILES:
-        server.upload(_path(name).read_bytes())
+        server.upload(pydicom_file(name).read_bytes())
     ct_mr = _source(server, orthanc_changes=True, filters={"Modality": "CT\\MR"},
                     label_tag="Modality")
     objects, _, _ = _drain(ct_mr, None)
-    assert {o.key: o.label for o in objects} == {_sop(n): str(dcmread(_path(n)).Modality)
+    assert {o.key: o.label for o in objects} == {_sop(n): str(dcmread(pydicom_file(n)).Modality)
                                                   for n in FILES[:2]}
-    study_date = str(dcmread(_path("CT_small.dcm")).StudyDate)
+    study_date = str(dcmread(pydicom_file("CT_small.dcm")).StudyDate)
     dated = _source(server, orthanc_changes=True,
                     filters={"StudyDate": f"{study_date}-{study_date}", "Modality": "C?"})
     assert [o.key for o in _drain(dated, None)[0]] == [_sop("CT_small.dcm")]
@@ -107,15 +103,15 @@ def test_change_feed_applies_filters_and_label_tag(empty_orthanc: OrthancServer)
 def test_qido_search_pages_and_remembers_what_it_returned(empty_orthanc: OrthancServer) -> None:
     server = empty_orthanc
     for name in FILES:
-        server.upload(_path(name).read_bytes())
+        server.upload(pydicom_file(name).read_bytes())
     source = _source(server, page_size=2, label_tag="Modality")
     objects, cursor, polls = _drain(source, None)
     assert polls >= 2
     assert sorted(o.key for o in objects) == sorted(_sop(n) for n in FILES)
-    assert {o.label for o in objects} == {str(dcmread(_path(n)).Modality) for n in FILES}
+    assert {o.label for o in objects} == {str(dcmread(pydicom_file(n)).Modality) for n in FILES}
     assert _drain(source, cursor)[0] == []
 
-    server.upload(_path(LATER).read_bytes())
+    server.upload(pydicom_file(LATER).read_bytes())
     new, cursor, _ = _drain(source, cursor)
     assert [o.key for o in new] == [_sop(LATER)]
     assert _drain(source, cursor)[0] == []
@@ -125,11 +121,11 @@ def test_wado_retrieve_keeps_the_stored_transfer_syntax_and_pixels(
         empty_orthanc: OrthancServer) -> None:
     server = empty_orthanc
     for name in ("JPEG2000.dcm", "CT_small.dcm"):
-        server.upload(_path(name).read_bytes())
+        server.upload(pydicom_file(name).read_bytes())
     source = _source(server, filters={"Modality": "NM"})  # JPEG2000.dcm is nuclear medicine
     (obj,), _, _ = _drain(source, None)
     (file_name, data), = source.fetch(obj)
-    original, got = dcmread(_path("JPEG2000.dcm")), dcmread(io.BytesIO(data))
+    original, got = dcmread(pydicom_file("JPEG2000.dcm")), dcmread(io.BytesIO(data))
     assert file_name == f"{original.SOPInstanceUID}.dcm"
     assert got.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert got.PixelData == original.PixelData
@@ -139,7 +135,7 @@ def test_wado_retrieve_keeps_the_stored_transfer_syntax_and_pixels(
 def test_orthanc_going_away_stops_the_poll_without_advancing(tmp_path: Path) -> None:
     with running_orthanc(tmp_path / "orthanc") as server:
         for name in FILES:
-            server.upload(_path(name).read_bytes())
+            server.upload(pydicom_file(name).read_bytes())
         source = _source(server, orthanc_changes=True, page_size=4)
         first = source.poll(None)
         assert len(first.objects) == 1 and first.more

@@ -147,10 +147,10 @@ def test_imagecodecs_frames_decode_bit_for_bit(server: tuple[str, FakeHealthImag
 
 def test_a_syntax_kept_in_its_original_encoding_is_decoded_by_that_syntax(
         server: tuple[str, FakeHealthImaging]) -> None:
-    from pydicom.data import get_testdata_file
+    from tests.samples import pydicom_file
 
     endpoint, fake = server
-    path = Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))  # JPEG baseline, YBR_FULL_422
+    path = pydicom_file("SC_rgb_jpeg_dcmtk.dcm")  # JPEG baseline, YBR_FULL_422
     header, frames, syntax = _stored(path)
     assert syntax == "1.2.840.10008.1.2.4.50"
     image_set = fake.add_image_set(DATASTORE, [(header, frames, syntax)])

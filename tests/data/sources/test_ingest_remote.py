@@ -13,7 +13,6 @@ pytest.importorskip("boto3")
 pytest.importorskip("dicomweb_client")
 
 from pydicom import dcmread
-from pydicom.data import get_testdata_file
 
 from medops.config.schema import DataConfig
 from medops.config.sources import DicomwebSourceConfig, S3SourceConfig
@@ -24,6 +23,7 @@ from medops.data.sources.remote import RemoteObject
 from medops.errors import DataError
 from medops.storage.records import ItemStatus
 from medops.storage.state import StateStore
+from tests.samples import pydicom_file
 from tests.servers.orthanc import OrthancServer, running_orthanc, start_orthanc
 
 # Distinct real images (the ingester stores by content, so equal bytes would be one item).
@@ -31,7 +31,7 @@ DICOM = ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_dcmtk.dcm"
 
 
 def _bytes(name: str) -> bytes:
-    return Path(str(get_testdata_file(name))).read_bytes()
+    return pydicom_file(name).read_bytes()
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_orthanc_feed_through_the_ingester(orthanc: OrthancServer, tmp_path: Pat
     assert 0 < _cursor(state) <= orthanc.last_change()
     stored = sorted(landing.rglob("*.dcm"))
     assert len(stored) == 3
-    originals = {str(dcmread(get_testdata_file(n)).SOPInstanceUID) for n in DICOM[:3]}
+    originals = {str(dcmread(pydicom_file(n)).SOPInstanceUID) for n in DICOM[:3]}
     # De-identified on the way in: the UIDs were remapped, the pixels kept.
     assert originals.isdisjoint(str(dcmread(p).SOPInstanceUID) for p in stored)
 

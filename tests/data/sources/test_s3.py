@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("aws_credentials")
 
 
 def _dicom_bytes(name: str) -> bytes:
-    from pydicom.data import get_testdata_file
+    from tests.samples import pydicom_file
 
-    return Path(str(get_testdata_file(name))).read_bytes()
+    return pydicom_file(name).read_bytes()
 
 
 def _png_bytes() -> bytes:
@@ -33,9 +32,10 @@ def _png_bytes() -> bytes:
     import numpy as np
     from PIL import Image
     from pydicom import dcmread
-    from pydicom.data import get_testdata_file
 
-    pixels = dcmread(str(get_testdata_file("MR_small.dcm"))).pixel_array.astype(np.float64)
+    from tests.samples import pydicom_file
+
+    pixels = dcmread(str(pydicom_file("MR_small.dcm"))).pixel_array.astype(np.float64)
     scaled = (255 * (pixels - pixels.min()) / np.ptp(pixels)).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(scaled).save(out, format="PNG")

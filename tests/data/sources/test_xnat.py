@@ -15,17 +15,17 @@ import pytest
 pytest.importorskip("xnat")
 
 import pydicom
-from pydicom.data import get_testdata_file
 
 from medops.config.sources import XnatSourceConfig
 from medops.data.sources.factory import make_remote_source
 from medops.data.sources.xnat import XnatSource, XnatSubjectRef, connect, list_subjects
 from medops.errors import ConfigError, DataError
+from tests.samples import pydicom_file
 from tests.servers.xnat import Experiment, FakeXnat, Scan, Subject, running_xnat
 
 
 def _dicom(name: str) -> bytes:
-    return Path(str(get_testdata_file(name))).read_bytes()
+    return pydicom_file(name).read_bytes()
 
 
 @pytest.fixture(scope="module")
