@@ -4,6 +4,7 @@ even where a library turned the KeyboardInterrupt into its own error or swallowe
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -103,3 +104,22 @@ def test_an_error_raised_while_handling_a_keyboard_interrupt_is_recognised() -> 
     # `from None` hides the cause from the traceback, not from __context__.
     assert caused_by_interrupt(err.value)
     assert not caused_by_interrupt(ValueError("a plain error"))
+
+
+def test_a_second_signal_forces_the_stop_only_after_a_moment() -> None:
+    # Ctrl-C reaches the whole process group (and the agent relays it): the copy that arrives
+    # at once must not break the first stop's cleanup. A person pressing it again later,
+    # because a long step swallowed the first, forces the stop.
+    with Interrupt(force_after=0.2).on_signals() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        assert stop.requested
+        signal.raise_signal(signal.SIGTERM)  # at once: ignored
+        time.sleep(0.25)
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    with Interrupt().on_signals():  # the agent's run process: never forced
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGTERM)
+        time.sleep(0.25)
+        signal.raise_signal(signal.SIGTERM)

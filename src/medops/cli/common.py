@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from medops.pipeline import PipelineRunner, Reporter
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A second Ctrl-C this long after the first forces the stop; sooner, it is the same keypress
+# reaching the process group again (or the agent relaying it), and is ignored.
+FORCE_AFTER_SECONDS = 1.0
 
 ProjectOpt = typer.Option(None, "--project", "-C", help="Project folder (default: search upwards).")
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
@@ -51,8 +54,9 @@ def load_project(path: Path | None, sets: list[str] | None = None) -> Any:
 @contextmanager
 def interruptible_runner(project: Any,
                          reporter: Reporter | None = None) -> Iterator[PipelineRunner]:
-    """A PipelineRunner whose run Ctrl-C or SIGTERM interrupts (resumable, never retried)."""
+    """A PipelineRunner whose run Ctrl-C or SIGTERM interrupts (resumable, never retried);
+    a second one, a moment later, forces the stop where a long step did not let the first in."""
     from medops.pipeline import Interrupt, PipelineRunner
 
-    with Interrupt().on_signals() as stop:
+    with Interrupt(force_after=FORCE_AFTER_SECONDS).on_signals() as stop:
         yield PipelineRunner(project, reporter, stop)

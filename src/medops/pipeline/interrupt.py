@@ -4,12 +4,18 @@ The signal raises ``KeyboardInterrupt`` in whatever the step is doing, but libra
 let it through: numpy's ``np.load`` turns one into a ``TypeError``, and a first MLflow database
 set-up can swallow it. So the signal also sets a flag the runner reads: a step that fails after
 it is interrupted (not retried), no step starts after it, and training stops at the next epoch.
+
+Only the first signal raises: Ctrl-C reaches a whole process group, and the agent relays it to
+its run too; a second raise at once would break the cleanup of the first. Where a person is at
+the keyboard (``force_after``), a signal that comes that long after the first raises again: a
+stop that a long step swallowed can still be forced, and the run is found interrupted later.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -19,8 +25,10 @@ from typing import Any
 class Interrupt:
     """A stop request: set by a signal handler, read by the runner and long steps."""
 
-    def __init__(self) -> None:
+    def __init__(self, force_after: float | None = None) -> None:
         self._event = threading.Event()
+        self._force_after = force_after
+        self._first: float | None = None
 
     @property
     def requested(self) -> bool:
@@ -35,10 +43,12 @@ class Interrupt:
         self._event.set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        # Only the first signal raises: Ctrl-C reaches a whole process group, and the agent
-        # relays it to its run too; a second raise would break the cleanup of the first.
-        if not self._event.is_set():
+        now = time.monotonic()
+        if self._first is None:
+            self._first = now
             self._event.set()
+            raise KeyboardInterrupt
+        if self._force_after is not None and now - self._first >= self._force_after:
             raise KeyboardInterrupt
 
     def install(self, *signums: int) -> dict[int, Any]:
