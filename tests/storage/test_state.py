@@ -7,7 +7,15 @@ from collections.abc import Iterator
 import pytest
 
 from medops.errors import NotFoundError, StoreError
-from medops.storage import Item, ItemStatus, RunStatus, Split, StateStore, StepStatus
+from medops.storage import (
+    Item,
+    ItemStatus,
+    RunStatus,
+    Split,
+    StateStore,
+    StepStatus,
+    drift_series_key,
+)
 
 
 @pytest.fixture
@@ -82,6 +90,23 @@ def test_events_are_deduplicated_by_idempotency_key(store: StateStore) -> None:
     assert store.add_event("data.arrived", {"n": 1}, idempotency_key="k1") is None
     store.add_event("run.requested", {})
     assert [e.kind for e in store.events()] == ["run.requested", "data.arrived"]
+
+
+def test_keyed_events_are_one_series_up_to_an_event(store: StateStore) -> None:
+    def drift(model: str, version: int, hour: int) -> int:
+        event = store.add_event("drift.detected", {"hour": hour},
+                                idempotency_key=drift_series_key(model, version) + f"T{hour}")
+        assert event is not None and event.id is not None
+        return event.id
+
+    a1, a2 = drift("cxr_v", 2, 10), drift("cxr_v", 2, 11)
+    drift("cxr_v", 3, 11)  # another version
+    drift("cxrXv", 2, 11)  # "_" is not a wildcard
+    a3 = drift("cxr_v", 2, 12)
+    series = store.keyed_events(drift_series_key("cxr_v", 2), a3)
+    assert [e.id for e in series] == [a1, a2, a3]
+    assert [e.payload["hour"] for e in store.keyed_events(drift_series_key("cxr_v", 2), a2)] == [
+        10, 11]
 
 
 def test_audit_log(store: StateStore) -> None:

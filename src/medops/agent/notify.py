@@ -5,6 +5,10 @@ They are built from events (``run.finished``, ``drift.detected``, ``model.deploy
 as durable as the events: an event's ``notified`` flag is set only once its message went out (or
 failed for good), and an agent restarted in between sends it again (at least once).
 
+A model version that keeps drifting (the monitor checks a 24 h window every hour) is one
+message per ``notify.drift_repeat``, saying since when and how many checks it has failed; the
+rest of its drift events are marked notified without a message.
+
 Bodies carry ids, step names, error *types* and numbers, never an error message, a file name or
 anything else that could hold PHI. Notification URLs hold secrets and are never logged.
 """
@@ -15,12 +19,13 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from medops.config.agent import NotifyConfig, NotifyOn
 from medops.errors import DependencyMissingError
-from medops.storage import EventRecord, StateStore
+from medops.storage import EventRecord, StateStore, drift_series_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,18 @@ def _for_run(p: dict[str, Any], project: str) -> Notification | None:
     return None
 
 
+def reminder_due(series: list[datetime], repeat: float) -> bool:
+    """Whether the last of ``series`` (one model version's drift events, oldest first) gets a
+    message: the first does, then the first of every ``repeat`` seconds counted from it."""
+    if repeat <= 0 or len(series) < 2:
+        return True
+
+    def period(t: datetime) -> int:
+        return int((t - series[0]).total_seconds() // repeat)
+
+    return period(series[-1]) != period(series[-2])
+
+
 def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -141,6 +158,10 @@ class Notifier:
         note = notification_for(event, self.project)
         if note is None or self._apprise is None or note.what not in self.cfg.events:
             return
+        if note.what is NotifyOn.DRIFT_DETECTED:
+            note = self._drift_reminder(event, note)
+            if note is None:
+                return
         for attempt in range(1, _ATTEMPTS + 1):
             if self._apprise.notify(title=note.title, body=note.body, notify_type=note.level):
                 log.info("notified: %s (event %s)", note.what.value, event.id)
@@ -148,6 +169,25 @@ class Notifier:
             time.sleep(0.5 * attempt)
         log.warning("could not deliver the %s notification for event %s to every URL after %d "
                     "attempts", note.what.value, event.id, _ATTEMPTS)
+
+    def _drift_reminder(self, event: EventRecord, note: Notification) -> Notification | None:
+        """``note`` for the first drift of a model version and then once per ``drift_repeat``
+        (saying since when it drifts), None for the checks in between."""
+        model, version = event.payload.get("model"), event.payload.get("version")
+        if model is None or version is None or event.id is None:
+            return note
+        events = self.state.keyed_events(drift_series_key(model, version), event.id)
+        if not events or events[-1].id != event.id:  # not keyed as the monitor keys them
+            return note
+        series = [e.created_at for e in events]
+        if not reminder_due(series, self.cfg.drift_repeat):
+            log.info("drift of %s v%s again (check %d): within notify.drift_repeat of the last "
+                     "message, none sent (event %s)", model, version, len(series), event.id)
+            return None
+        if len(series) == 1:
+            return note
+        return replace(note, body=f"{note.body}; drifting since {series[0]:%Y-%m-%d %H:%M} UTC, "
+                                  f"{len(series)} checks so far")
 
 
 def _build(urls: list[str]) -> Any:

@@ -154,3 +154,6 @@ class NotifyConfig(_Strict):
     # medops never logs them and keeps them out of MLflow.
     urls: list[str] = Field(default_factory=list)
     events: list[NotifyOn] = Field(default_factory=lambda: list(NotifyOn))
+    # While one model version keeps drifting (every hourly check of a 24 h window), remind at
+    # most this often; 0: a message for every drifted window.
+    drift_repeat: Duration = 86400.0

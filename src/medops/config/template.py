@@ -116,6 +116,7 @@ agent:
   source_poll: 1m         # how often data.sources are polled
 notify:
   urls: []                # apprise URLs: mailto://..., slack://..., msteams://..., json://...
+  drift_repeat: 1d        # a version still drifting: reminded at most this often (0: every check)
 """
 
 

@@ -29,7 +29,7 @@ from medops.monitor.capture import CaptureStore
 from medops.monitor.drift import DriftReport, compare
 from medops.monitor.features import extract, informative
 from medops.monitor.quality import QualityReport, assess
-from medops.storage import StateStore
+from medops.storage import StateStore, drift_series_key
 from medops.storage.monitoring import MonitorRecord, MonitorResults
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ def _event(state: StateStore, out: MonitorResult, seconds: float) -> int | None:
         payload["test"] = worst.name
     if out.quality is not None and out.quality.degraded:
         payload["metric"] = out.quality.degraded[0].name
-    key = f"{DRIFT_DETECTED}:{out.model}:{out.version}:{out.window_end.isoformat()}"
+    key = drift_series_key(out.model, out.version) + out.window_end.isoformat()
     event = state.add_event(DRIFT_DETECTED, payload, idempotency_key=key)
     return event.id if event is not None else None
 

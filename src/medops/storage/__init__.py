@@ -14,6 +14,7 @@ from medops.storage.records import (
     Split,
     StepRecord,
     StepStatus,
+    drift_series_key,
 )
 from medops.storage.state import StateStore
 
@@ -31,6 +32,7 @@ __all__ = [
     "StateStore",
     "StepRecord",
     "StepStatus",
+    "drift_series_key",
     "local_path",
     "sqlalchemy_url",
 ]

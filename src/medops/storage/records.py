@@ -93,6 +93,12 @@ class RunRecord:
     steps: list[StepRecord] = field(default_factory=list)
 
 
+def drift_series_key(model: str, version: object) -> str:
+    """The idempotency-key prefix of one model version's ``drift.detected`` events: the
+    monitor's key is this plus the checked window's end, so a window is reported once."""
+    return f"drift.detected:{model}:{version}:"
+
+
 @dataclass
 class EventRecord:
     kind: str

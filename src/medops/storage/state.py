@@ -445,6 +445,19 @@ class StateStore:
                                 idempotency_key=e.idempotency_key, id=e.id)
                     for e in s.scalars(q)]
 
+    def keyed_events(self, key_prefix: str, up_to_id: int) -> list[EventRecord]:
+        """Events whose idempotency key starts with ``key_prefix`` (one series, such as one
+        model version's drift), with ids up to ``up_to_id``, oldest first."""
+        with self._tx() as s:
+            q = (select(_Event)
+                 .where(_Event.idempotency_key.startswith(key_prefix, autoescape=True),
+                        _Event.id <= up_to_id)
+                 .order_by(_Event.id))
+            return [EventRecord(kind=e.kind, payload=e.payload,
+                                created_at=_aware(e.created_at) or utcnow(),
+                                idempotency_key=e.idempotency_key, id=e.id)
+                    for e in s.scalars(q)]
+
     # -- event decisions (the agent's processing state; see medops.agent) ---------------------
     def decide_event(self, event_id: int, status: DecisionStatus, decision: str, reason: str,
                      run_id: str | None = None) -> None:
