@@ -403,3 +403,37 @@ def test_receive_refuses_a_config_that_accepts_no_sender(tmp_path: Path) -> None
     assert result.exit_code == 2 and "no data.sources.pacs" in result.output
     result = CliRunner().invoke(app, ["receive", "-C", str(project), "--allow", "X" * 17])
     assert result.exit_code == 2 and "not a valid AE title" in result.output
+
+
+def test_keep_received_deletes_ingested_files_and_a_resend_stays_a_duplicate(
+        tmp_path: Path) -> None:
+    port = _free_port()
+    project = _project(tmp_path / "p", port, keep_received="3s")
+    files = _series(tmp_path / "s", 3)
+    receiver = ReceiverProcess(project, port).start()
+    state, index = _index(project)
+    try:
+        sender = _storescu(port, files)
+        assert sender.communicate(timeout=60)[0] and sender.returncode == 0
+        # Ingested first (the files, which hold PHI, still there), deleted keep_received later.
+        _wait(lambda: index.counts(SOURCE) == {"ingested": 3}, 30, "ingestion")
+        assert len(_stored_files(project)) == 3
+        _wait(lambda: index.counts(SOURCE) == {"purged": 3}, 30, "the purge")
+        assert _stored_files(project) == []
+        items = state.items(source=SOURCE)  # the de-identified copies stay
+        assert len(items) == 3 and all(Path(i.uri).is_file() for i in items)
+
+        # Sent again after the purge: acknowledged, but a duplicate, not new data.
+        again = _storescu(port, files)
+        output = again.communicate(timeout=60)[0]
+        assert again.returncode == 0 and len(_acknowledged(output)[0]) == 3, output
+        time.sleep(2)  # longer than quiet_seconds: a new series would be ingested by now
+        assert index.counts(SOURCE) == {"purged": 3}
+        assert _stored_files(project) == [] and len(state.items(source=SOURCE)) == 3
+    finally:
+        state.close()
+        assert receiver.signal(signal.SIGTERM) == 0
+    assert "deleted 3 received file(s)" in receiver.text()
+    # The next start removes the folders the purge left empty.
+    ReceiverProcess(project, port).start().signal(signal.SIGTERM)
+    assert list((project / ".medops" / "received").iterdir()) == []

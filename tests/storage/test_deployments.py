@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
-import pytest
-
 from medops.storage import StateStore
-
-
-@pytest.fixture
-def store(state_url: str) -> Iterator[StateStore]:
-    s = StateStore(state_url)
-    yield s
-    s.close()
 
 
 def test_each_deployment_ends_the_one_before(store: StateStore) -> None:

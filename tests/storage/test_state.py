@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from medops.errors import NotFoundError, StoreError
@@ -16,13 +14,6 @@ from medops.storage import (
     StepStatus,
     drift_series_key,
 )
-
-
-@pytest.fixture
-def store(state_url: str) -> Iterator[StateStore]:
-    s = StateStore(state_url)
-    yield s
-    s.close()
 
 
 def test_run_lifecycle(store: StateStore) -> None:

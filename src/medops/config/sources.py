@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medops.config.agent import Duration
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,6 +52,9 @@ class DicomScpSourceConfig(_Strict):
     quiet_seconds: float = Field(30.0, gt=0)  # a series is complete after this long unchanged
     min_free_mb: int = Field(1024, ge=0)  # refuse (out of resources) under this much free disk
     label_tag: str | None = None
+    # Received files hold PHI: delete them this long after their series was ingested (0: at
+    # once). None keeps them. A purged instance sent again is still a duplicate, not new data.
+    keep_received: Duration | None = None
 
     @field_validator("ae_title", "allowed_calling_aets")
     @classmethod

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, func, select, update
 from sqlalchemy.engine import Engine
@@ -27,6 +28,7 @@ class ReceivedStatus(str, enum.Enum):
     RECEIVED = "received"  # on disk and indexed; its series is not ingested yet
     INGESTED = "ingested"  # handed to the ingester
     MISSING = "missing"  # indexed, but the file was gone when its series was ingested
+    PURGED = "purged"  # ingested, then its file deleted (``keep_received``)
 
 
 @dataclass(frozen=True)
@@ -115,15 +117,28 @@ class ReceivedIndex:
             q = select(_Received).where(_Received.source == source).order_by(_Received.id)
             return [_record(r) for r in s.scalars(q)]
 
+    def ingested_before(self, source: str, cutoff: datetime,
+                        limit: int = 1000) -> list[ReceivedInstance]:
+        """Ingested instances (files still kept) ingested at or before ``cutoff``, oldest first."""
+        q = (select(_Received)
+             .where(_Received.source == source,
+                    _Received.status == ReceivedStatus.INGESTED.value,
+                    _Received.ingested_at <= cutoff)
+             .order_by(_Received.ingested_at, _Received.id).limit(limit))
+        with self._tx() as s:
+            return [_record(r) for r in s.scalars(q)]
+
     def mark(self, source: str, sop_hashes: Iterable[str], status: ReceivedStatus) -> None:
         hashes = list(sop_hashes)
-        at = _utcnow() if status is ReceivedStatus.INGESTED else None
+        values: dict[str, Any] = {"status": status.value}
+        if status is ReceivedStatus.INGESTED:
+            values["ingested_at"] = _utcnow()
         with self._tx() as s:
             for start in range(0, len(hashes), 500):  # keep IN (...) under SQLite's limits
                 s.execute(update(_Received).where(
                     _Received.source == source,
                     _Received.sop_hash.in_(hashes[start:start + 500]),
-                ).values(status=status.value, ingested_at=at))
+                ).values(**values))
 
     def counts(self, source: str) -> dict[str, int]:
         """{status: number of instances} for ``source``."""

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +35,7 @@ from medops.data.scp.series import IngestFn, SeriesIngester, SeriesTracker
 from medops.data.scp.store import InstanceKey, InstanceStore
 from medops.errors import ConfigError, DependencyMissingError, MedopsError, StoreError
 from medops.storage import StateStore
-from medops.storage.received import ReceivedIndex, ReceivedInstance
+from medops.storage.received import ReceivedIndex, ReceivedInstance, ReceivedStatus
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
+# Ingested files are checked against keep_received every keep_received / 2, at least this often.
+_PURGE_EVERY = 60.0
 
 
 @dataclass
@@ -53,6 +57,7 @@ class ReceiverStats:
     refused_bad: int = 0
     failed: int = 0
     series_ingested: int = 0
+    purged: int = 0  # received files deleted after ingestion (keep_received)
     recovered: int = 0  # files found on disk at startup that were not indexed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -92,6 +97,7 @@ class Receiver:
         removed = self.store.remove_temporaries()
         if removed:
             log.info("removed %d partial file(s) of unacknowledged instances", removed)
+        self.store.remove_empty_folders()
         indexed = self.index.paths(self.name)
         for relpath in self.store.stored():
             if relpath not in indexed and self._index_found_file(relpath):
@@ -221,6 +227,32 @@ class Receiver:
                 self.stats.add("series_ingested")
         return done
 
+    def purge_due(self) -> int:
+        """Delete the received files of instances ingested ``keep_received`` ago or more."""
+        if self.cfg.keep_received is None:
+            return 0
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.cfg.keep_received)
+        purged = 0
+        while batch := self.index.ingested_before(self.name, cutoff):
+            done = []
+            for inst in batch:
+                try:
+                    self.store.purge(inst.path)
+                except OSError as exc:
+                    log.warning("could not delete received file %s (kept, retried later): %s",
+                                inst.path, exc.strerror)
+                    continue
+                done.append(inst.sop_hash)
+            self.index.mark(self.name, done, ReceivedStatus.PURGED)
+            purged += len(done)
+            if len(done) < len(batch):
+                break  # what failed stays ingested: the next purge tries it again
+        if purged:
+            self.stats.purged += purged
+            log.info("deleted %d received file(s) ingested at least %s ago (keep_received)",
+                     purged, _ago(self.cfg.keep_received))
+        return purged
+
     def stop(self) -> None:
         """Stop listening (open associations are aborted), then ingest what is pending."""
         if self._server is not None:
@@ -230,18 +262,29 @@ class Receiver:
             self._ae.shutdown()
             self._ae = None
         self.ingest_due(flush=True)
+        self.purge_due()
         log.info("receiver stopped: %s", self.stats.as_dict())
 
     def serve(self, stop: threading.Event) -> None:
         """Recover, listen, and ingest completed series until ``stop`` is set."""
         self.recover()
+        self.purge_due()
         self.start()
         tick = min(1.0, self.cfg.quiet_seconds / 4)
+        keep = self.cfg.keep_received
+        next_purge = 0.0
         try:
             while not stop.wait(tick):
                 self.ingest_due()
+                if keep is not None and time.monotonic() >= next_purge:
+                    self.purge_due()
+                    next_purge = time.monotonic() + min(_PURGE_EVERY, keep / 2)
         finally:
             self.stop()
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds / 86400:g} d" if seconds >= 86400 else f"{seconds:g} s"
 
 
 def serve_until_signalled(receiver: Receiver) -> None:

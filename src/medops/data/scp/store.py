@@ -92,12 +92,28 @@ class InstanceStore:
             log.warning("could not remove %s after a failed index write: %s", relpath,
                         exc.strerror)
 
+    def purge(self, relpath: str) -> None:
+        """Delete an ingested instance (its folders stay: a late instance of the series may be
+        being written into them; :meth:`remove_empty_folders` runs at startup)."""
+        path = self.root / relpath
+        path.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
     def stored(self) -> Iterator[str]:
         """Relative paths of every stored instance (for the startup scan)."""
         for study in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for series in sorted(p for p in study.iterdir() if p.is_dir()):
                 for f in sorted(series.glob(f"*{_SUFFIX}")):
                     yield f.relative_to(self.root).as_posix()
+
+    def remove_empty_folders(self) -> None:
+        """Series and study folders left empty by purges (before anything is received)."""
+        for series in self.root.glob("*/*/"):
+            if not any(series.iterdir()):
+                series.rmdir()
+        for study in self.root.glob("*/"):
+            if not any(study.iterdir()):
+                study.rmdir()
 
     def remove_temporaries(self) -> int:
         """Delete ``.tmp`` files left by a crash mid-write (never acknowledged to anyone)."""
