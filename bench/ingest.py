@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,38 +139,13 @@ def receiver_rows(instances: int, senders: list[int]) -> list[str]:
     import receiver_throughput as rt  # a sibling script, not a package
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="medops-ingest-") as tmp:
-        root, port = Path(tmp), rt._free_port()
-        (root / "medops.yaml").write_text(
-            "project: bench\ndata:\n  sources:\n    rx: {kind: dicom-scp, host: 127.0.0.1, "
-            f"port: {port}, allowed_calling_aets: [BENCH], quiet_seconds: 3600, "
-            "min_free_mb: 0}\n"
-        )
-        log = (root / "receive.log").open("wb")
-        rx = subprocess.Popen(
-            [str(rt.MEDOPS), "receive", "-C", str(root)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not rt._listening(port):
-                if rx.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("medops receive did not start")
-                time.sleep(0.05)
-            for i, n_senders in enumerate(senders):
-                files = rt._instances(root / f"in{i}", instances)
-                secs = rt._send(port, files, n_senders, nodelay=True)
-                rows.append(f"| {n_senders} | {instances} | {secs:.1f} | {instances / secs:.0f} |")
-                print(rows[-1], flush=True)
-        except SystemExit:
-            print((root / "receive.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            rx.kill()  # what was received is not needed: no shutdown flush
-            rx.wait(timeout=60)
-            log.close()
+    with tempfile.TemporaryDirectory(prefix="medops-ingest-") as tmp, \
+            rt.running_receiver(Path(tmp)) as port:
+        for i, n_senders in enumerate(senders):
+            files = rt._instances(Path(tmp) / f"in{i}", instances)
+            secs = rt._send(port, files, n_senders, nodelay=True)
+            rows.append(f"| {n_senders} | {instances} | {secs:.1f} | {instances / secs:.0f} |")
+            print(rows[-1], flush=True)
     return rows
 
 

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -69,39 +71,49 @@ def _send(port: int, files: list[Path], senders: int, nodelay: bool) -> float:
     return time.perf_counter() - start
 
 
+@contextmanager
+def running_receiver(root: Path) -> Iterator[int]:
+    """`medops receive` for a project in ``root`` on a free loopback port (yielded), accepting
+    the AE title BENCH; killed at the end (what it received is not needed: no flush)."""
+    port = _free_port()
+    (root / "medops.yaml").write_text(
+        "project: bench\ndata:\n  sources:\n    rx: {kind: dicom-scp, host: 127.0.0.1, "
+        f"port: {port}, allowed_calling_aets: [BENCH], quiet_seconds: 3600, "
+        "min_free_mb: 0}\n")
+    log = (root / "receive.log").open("wb")
+    rx = subprocess.Popen([str(MEDOPS), "receive", "-C", str(root)], stdout=log,
+                          stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if rx.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("medops receive did not start")
+            time.sleep(0.05)
+        yield port
+    except SystemExit:
+        print((root / "receive.log").read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        rx.kill()
+        rx.wait(timeout=60)
+        log.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=300)
     parser.add_argument("--senders", type=int, nargs="+", default=[1, 4])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root, port = Path(tmp), _free_port()
-        (root / "medops.yaml").write_text(
-            "project: bench\ndata:\n  sources:\n    rx: {kind: dicom-scp, host: 127.0.0.1, "
-            f"port: {port}, allowed_calling_aets: [BENCH], quiet_seconds: 3600, "
-            "min_free_mb: 0}\n")
-        log = (root / "receive.log").open("wb")
-        rx = subprocess.Popen([str(MEDOPS), "receive", "-C", str(root)], stdout=log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            while not _listening(port):
-                time.sleep(0.05)
-            variants = [(1, False)] + [(n, True) for n in args.senders]
-            print(f"| senders | TCP_NODELAY | instances | seconds | instances/s |  "
-                  f"(load avg {os.getloadavg()[0]:.2f})")
-            print("|---|---|---|---|---|")
-            for i, (senders, nodelay) in enumerate(variants):
-                files = _instances(root / f"in{i}", args.instances)
-                secs = _send(port, files, senders, nodelay)
-                print(f"| {senders} | {'1' if nodelay else 'unset'} | {args.instances} | "
-                      f"{secs:.1f} | {args.instances / secs:.0f} |", flush=True)
-        except SystemExit:
-            print((root / "receive.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            rx.kill()  # what was received is not needed: no shutdown flush
-            rx.wait(timeout=60)
-            log.close()
+    with tempfile.TemporaryDirectory() as tmp, running_receiver(Path(tmp)) as port:
+        variants = [(1, False)] + [(n, True) for n in args.senders]
+        print(f"| senders | TCP_NODELAY | instances | seconds | instances/s |  "
+              f"(load avg {os.getloadavg()[0]:.2f})")
+        print("|---|---|---|---|---|")
+        for i, (senders, nodelay) in enumerate(variants):
+            files = _instances(Path(tmp) / f"in{i}", args.instances)
+            secs = _send(port, files, senders, nodelay)
+            print(f"| {senders} | {'1' if nodelay else 'unset'} | {args.instances} | "
+                  f"{secs:.1f} | {args.instances / secs:.0f} |", flush=True)
 
 
 if __name__ == "__main__":
