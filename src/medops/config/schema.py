@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from medops.config.agent import AgentConfig, NotifyConfig, Triggers, default_triggers
 from medops.config.enums import (
@@ -24,6 +31,7 @@ from medops.config.enums import (
 from medops.config.ingest import DeidConfig, SelectConfig
 from medops.config.monitor import MonitorConfig
 from medops.config.sources import RemoteSourceConfig
+from medops.config.uris import check_state_uri, check_tracking_uri
 
 
 class _Strict(BaseModel):
@@ -146,8 +154,8 @@ class RegistryConfig(_Strict):
 class StorageConfig(_Strict):
     """Every location is a URI; relative paths resolve against the project folder."""
 
-    state: str = "sqlite:///.medops/medops.db"
-    tracking: str = "sqlite:///.medops/mlflow.db"
+    state: Annotated[str, AfterValidator(check_state_uri)] = "sqlite:///.medops/medops.db"
+    tracking: Annotated[str, AfterValidator(check_tracking_uri)] = "sqlite:///.medops/mlflow.db"
     artifacts: str = ".medops/artifacts"
 
 

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import math
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from medops.errors import RegistryError
 
 _MAX_PARAM = 6000  # MLflow rejects longer param values
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail in seconds when no MLflow server answers at ``uri``: MLflow's own client retries a
+    refused connection with backoff for about four minutes before it says anything."""
+    parts = urlsplit(uri)
+    where = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"  # never echo credentials
+    try:
+        with urllib.request.urlopen(f"{where}{parts.path.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # something answered (a proxy, an auth layer): MLflow's client says the rest
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise RegistryError(
+            f"cannot reach the MLflow server at {where} (storage.tracking): {reason}; check the "
+            "URL in medops.yaml and that the server is running") from exc
 
 
 class Tracker:
@@ -18,6 +38,8 @@ class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
         from mlflow.tracking import MlflowClient  # heavy: imported when tracking is used
 
+        if tracking_uri.startswith(("http://", "https://")):
+            check_reachable(tracking_uri)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._experiment_name = experiment
