@@ -102,6 +102,16 @@ def test_feedback_csv_import(tmp_path: Path) -> None:
         store.import_feedback_csv(missing)
     with pytest.raises(DataError, match="cannot read"):
         store.import_feedback_csv(tmp_path / "nope.csv")
+    unknown_label = tmp_path / "unknown_label.csv"
+    unknown_label.write_text("request_id,label\nr1,a\nr2,zzz\n")
+    with pytest.raises(DataError, match=r"line 3: label 'zzz' is not one of the model's classes "
+                       r"\['a', 'b'\] \(nothing was imported\)"):
+        store.import_feedback_csv(unknown_label)
+    unknown_request = tmp_path / "unknown_request.csv"
+    unknown_request.write_text("request_id,label,image\nr1,a,0\nr1,a,1\n")
+    with pytest.raises(DataError, match=r"line 3: no captured prediction has request_id 'r1' "
+                       r"\(image 1\)"):
+        store.import_feedback_csv(unknown_request)
     assert len(store.feedback()) == 2  # a failed import stores nothing
 
 

@@ -153,7 +153,11 @@ class CaptureStore:
         return len(rows)
 
     def import_feedback_csv(self, path: Path) -> int:
-        """Add the labels of a CSV with columns ``request_id,label`` (and optionally ``image``)."""
+        """Add the labels of a CSV with columns ``request_id,label`` (and optionally ``image``).
+
+        Unlike the HTTP endpoint (whose request may come before its capture is written), a
+        file comes after the fact: every row must name a captured prediction and one of its
+        classes, or nothing is imported."""
         path = Path(path)
         try:
             with path.open(newline="", encoding="utf-8-sig") as f:
@@ -167,7 +171,31 @@ class CaptureStore:
             raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"{path} is not a readable CSV file ({exc})") from exc
+        captured = self._captured_classes()
+        for line, item in enumerate(items, start=2):
+            classes = captured.get((item.request_id, item.image))
+            if classes is None:
+                raise DataError(
+                    f"{path}, line {line}: no captured prediction has request_id "
+                    f"{item.request_id!r} (image {item.image}); use the request ids of the "
+                    "predict answers (nothing was imported)")
+            if item.label not in classes:
+                raise DataError(f"{path}, line {line}: label {item.label!r} is not one of the "
+                                f"model's classes {classes} (nothing was imported)")
         return self.add_feedback(items)
+
+    def _captured_classes(self) -> dict[tuple[str, int], list[str]]:
+        """{(request id, image): the predicting model's classes} of every captured image."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = ["request_id", "image", "classes"]
+        tables = [pq.read_table(p, columns=columns, schema=_record_schema())
+                  for _, p in self._files("requests")]
+        if not tables:
+            return {}
+        rows = pa.concat_tables(tables).to_pylist()
+        return {(r["request_id"], r["image"]): r["classes"] for r in rows}
 
     def _write(self, kind: str, rows: list[dict[str, Any]], schema: Any) -> None:
         import pyarrow as pa
