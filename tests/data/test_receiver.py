@@ -403,6 +403,12 @@ def test_receive_refuses_a_config_that_accepts_no_sender(tmp_path: Path) -> None
     assert result.exit_code == 2 and "no data.sources.pacs" in result.output
     result = CliRunner().invoke(app, ["receive", "-C", str(project), "--allow", "X" * 17])
     assert result.exit_code == 2 and "not a valid AE title" in result.output
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "medops.yaml").write_text("project: bare\n")
+    result = CliRunner().invoke(app, ["receive", "-C", str(bare)])
+    assert result.exit_code == 2, result.output
+    assert "no dicom-scp source" in result.output and "--allow" in result.output
 
 
 def test_keep_received_deletes_ingested_files_and_a_resend_stays_a_duplicate(

@@ -359,6 +359,10 @@ def receiver_config(sources: Mapping[str, Any], name: str | None, **overrides: A
     elif scp:
         raise ConfigError(f"medops.yaml has several dicom-scp sources ({', '.join(sorted(scp))});"
                           " pick one with --source NAME")
+    elif not overrides.get("allowed_calling_aets"):
+        raise ConfigError("medops.yaml has no dicom-scp source under data.sources, so no sender "
+                          "would be accepted; add one (e.g. scanner: {kind: dicom-scp, "
+                          "allowed_calling_aets: [CT01]}) or pass --allow AE_TITLE")
     else:
         name, cfg = "dicom-scp", DicomScpSourceConfig(kind="dicom-scp")
     updates = {k: v for k, v in overrides.items() if v is not None}
