@@ -79,3 +79,15 @@ def test_serve_refuses_an_unset_token_variable(tmp_path: Path) -> None:
                                 env={"MEDOPS_NO_SUCH_TOKEN_VAR": ""})
     assert result.exit_code == 2, result.output
     assert "MEDOPS_NO_SUCH_TOKEN_VAR" in result.output
+
+
+def test_serve_refuses_a_version_that_does_not_exist(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medops.cli.main import app
+
+    Project.init(tmp_path, name="pin")
+    result = CliRunner().invoke(app, ["serve", "-C", str(tmp_path), "--model",
+                                      "pin-classifier/99"])
+    assert result.exit_code == 4, result.output  # not found, instead of waiting forever
+    assert "has no version '99'" in result.output

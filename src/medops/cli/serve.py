@@ -40,6 +40,8 @@ def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (fo
     ref = ModelRef.parse(model or cfg.model, proj.config.model_name)
     registry = proj.registry if ref.name == proj.config.model_name else \
         ModelRegistry(proj.tracker.client, ref.name, proj.artifacts / "models")
+    if ref.version is not None:  # an alias may get a version later; a missing version will not
+        registry.get(ref.version)
     token = None
     if cfg.token_env:
         token = os.environ.get(cfg.token_env)
