@@ -409,6 +409,9 @@ def test_receive_refuses_a_config_that_accepts_no_sender(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["receive", "-C", str(bare)])
     assert result.exit_code == 2, result.output
     assert "no dicom-scp source" in result.output and "--allow" in result.output
+    result = CliRunner().invoke(app, ["receive", "-C", str(project), "--host", "999.1.1.1",
+                                      "--allow", "CT01"])
+    assert result.exit_code == 2 and "check --host" in " ".join(result.output.split())
 
 
 def test_keep_received_deletes_ingested_files_and_a_resend_stays_a_duplicate(

@@ -91,3 +91,20 @@ def test_serve_refuses_a_version_that_does_not_exist(tmp_path: Path) -> None:
                                       "pin-classifier/99"])
     assert result.exit_code == 4, result.output  # not found, instead of waiting forever
     assert "has no version '99'" in result.output
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medops.cli.main import app
+
+    Project.init(tmp_path, name="busy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "-C", str(tmp_path), "--host", "127.0.0.1",
+                                          "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert f"cannot listen on 127.0.0.1:{port}" in said and "--port" in said

@@ -7,10 +7,14 @@ store: the process is gone well within SageMaker's 30 s.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 
 from fastapi import FastAPI
+
+from medops.errors import ConfigError
 
 GRACEFUL_SECONDS = 20
 #: ``serve.workers: null`` means one worker per core, up to this many: past it, batches get
@@ -40,10 +44,26 @@ def share_cores(workers: int) -> int:
     return threads
 
 
+def check_bindable(host: str, port: int) -> None:
+    """A ConfigError with the fix when ``host:port`` cannot be listened on (uvicorn would log
+    its own text and exit after the model had loaded)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            s.bind(infos[0][4])
+    except OSError as exc:
+        fix = ("pick another port with --port (or serve.port)" if exc.errno == errno.EADDRINUSE
+               else "check --host (or serve.host): an address of this machine, or 0.0.0.0")
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; {fix}") from exc
+
+
 def run_server(app: FastAPI, host: str, port: int, log_level: str = "info",
                access_log: bool = False) -> None:
     """Serve ``app`` until SIGTERM or SIGINT (blocking)."""
     import uvicorn
+
+    check_bindable(host, port)
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")

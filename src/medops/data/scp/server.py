@@ -17,6 +17,7 @@ No UID, name or patient identifier is logged: only counts, AE titles and hashes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import threading
@@ -157,8 +158,10 @@ class Receiver:
             self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False,
                                            evt_handlers=handlers)
         except OSError as exc:
+            fix = ("pick another port with --port" if exc.errno == errno.EADDRINUSE
+                   else "check --host: an address of this machine, or 0.0.0.0")
             raise ConfigError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: "
-                              f"{exc.strerror}; pick another port with --port") from exc
+                              f"{exc.strerror or exc}; {fix}") from exc
         self._ae = ae
         log.info("listening on %s:%d as %s for %s", self.cfg.host, self.cfg.port,
                  self.cfg.ae_title, ", ".join(self.cfg.allowed_calling_aets))
