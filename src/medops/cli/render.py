@@ -48,7 +48,9 @@ def _short(v: Any) -> str:
 
 def run_table(runs: list[RunRecord]) -> Table:
     table = Table(title="Runs")
-    for col in ("id", "status", "trigger", "started", "seconds", "last step"):
+    # The id stays whole: it is what `runs show ID` takes (a cut one matched several runs).
+    table.add_column("id", no_wrap=True, min_width=max((len(r.id) for r in runs), default=2))
+    for col in ("status", "trigger", "started", "seconds", "last step"):
         table.add_column(col)
     for r in runs:
         secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
