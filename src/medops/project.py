@@ -7,12 +7,14 @@ component needs is handed to it here.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medops.config import CONFIG_FILE, MedopsConfig, load_config, render_template
+from medops.config.schema import PROJECT_NAME
 from medops.errors import ConfigError
 from medops.storage import StateStore, local_path, sqlalchemy_url
 
@@ -42,16 +44,21 @@ class Project:
     @staticmethod
     def init(root: Path, name: str | None = None, force: bool = False) -> Path:
         """Scaffold ``root/medops.yaml``; refuses to overwrite an existing one unless ``force``."""
-        root.mkdir(parents=True, exist_ok=True)
+        if name is not None and not re.fullmatch(PROJECT_NAME, name):
+            raise ConfigError(f"--name {name!r} is not a valid project name: use lowercase "
+                              "letters, digits, '.', '_' and '-', starting with a letter or "
+                              f"digit, at most 63 characters (e.g. {_project_name(name)})")
         path = root / CONFIG_FILE
-        if path.exists() and not force:
-            raise ConfigError(f"{path} already exists; use --force to overwrite it")
-        project = name or _project_name(root.resolve().name)
-        path.write_text(render_template(project))
-        (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
-        gitignore = root / ".gitignore"
-        if not gitignore.exists():
-            gitignore.write_text(".medops/\n")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if path.exists() and not force:
+                raise ConfigError(f"{path} already exists; use --force to overwrite it")
+            path.write_text(render_template(name or _project_name(root.resolve().name)))
+            (root / "data" / "raw").mkdir(parents=True, exist_ok=True)
+            _ignore_state(root / ".gitignore")
+        except OSError as exc:
+            raise ConfigError(f"cannot create a project in {root}: {_os_reason(root, exc)}") \
+                from None
         load_config(path)  # the scaffold must always be valid
         return path
 
@@ -145,9 +152,27 @@ def read_or_create_secret(path: Path) -> bytes:
     return secret.encode()
 
 
-def _project_name(folder: str) -> str:
-    import re
+def _ignore_state(gitignore: Path) -> None:
+    """Keep .medops/ out of git: it holds the state DB, the de-identification secret and
+    received images (PHI)."""
+    text = gitignore.read_text() if gitignore.exists() else ""
+    if any(line.strip().strip("/") == ".medops" for line in text.splitlines()):
+        return
+    separator = "\n" if text and not text.endswith("\n") else ""
+    with gitignore.open("a") as f:
+        f.write(f"{separator}.medops/\n")
 
+
+def _os_reason(root: Path, exc: OSError) -> str:
+    """Why the system refused to make the project folder, and what to do about it."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        blocker = next((p for p in (root, *root.parents) if p.is_file()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder; choose another path"
+    return f"{exc.strerror or exc} ({exc.filename}); choose a folder you can write to"
+
+
+def _project_name(folder: str) -> str:
     name = re.sub(r"[^a-z0-9._-]+", "-", folder.lower()).strip("-._") or "medops-project"
     return name[:63]
 

@@ -29,10 +29,71 @@ def test_init_scaffolds_and_refuses_to_overwrite(tmp_path: Path) -> None:
     assert code == 2 and "--force" in out
 
 
+@pytest.mark.parametrize(("name", "suggestion"), [("a/b: c", "a-b-c"), ("#x", "x"),
+                                                  ("Chest X-ray (v2)", "chest-x-ray-v2")])
+def test_init_refuses_a_bad_name_before_writing(tmp_path: Path, name: str,
+                                                suggestion: str) -> None:
+    code, out = medops("init", str(tmp_path / "p"), "--name", name)
+    flat = " ".join(out.split())
+    assert code == 2 and f"--name {name!r} is not a valid project name" in flat
+    assert f"(e.g. {suggestion})" in flat
+    assert not (tmp_path / "p").exists()
+
+
+def test_init_quotes_a_name_yaml_would_read_as_a_bool(tmp_path: Path) -> None:
+    from medops.project import Project
+
+    assert medops("init", str(tmp_path / "p"), "--name", "true")[0] == 0
+    assert Project.load(tmp_path / "p").config.project == "true"
+
+
+def test_init_where_no_folder_can_be_made(tmp_path: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a folder")
+    for target in (afile, afile / "p"):
+        code, out = medops("init", str(target))
+        assert code == 2 and f"{afile} is a file, not a folder" in " ".join(out.split())
+    if Path("/proc/self").is_dir():  # a file system that refuses new folders, even to root
+        code, out = medops("init", "/proc/medops-test")
+        assert code == 2 and "cannot create a project in /proc/medops-test" in out
+
+
+def test_init_adds_the_state_folder_to_an_existing_gitignore(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules")  # no final newline
+    assert medops("init", str(tmp_path))[0] == 0
+    assert medops("init", str(tmp_path), "--force")[0] == 0  # and only once
+    assert (tmp_path / ".gitignore").read_text() == "node_modules\n.medops/\n"
+
+
+def test_demo_refuses_a_folder_with_a_project(tmp_path: Path) -> None:
+    medops("init", str(tmp_path), "--name", "mine")
+    before = (tmp_path / "medops.yaml").read_text()
+    code, out = medops("demo", "--dir", str(tmp_path), "--epochs", "1", "--no-loop")
+    assert code == 2 and "--force" in out
+    assert (tmp_path / "medops.yaml").read_text() == before
+
+
+def test_demo_epochs_are_checked_before_a_folder_is_made(tmp_path: Path) -> None:
+    from medops.cli.demo import run_demo
+    from medops.errors import ConfigError
+
+    code, out = medops("demo", "--dir", str(tmp_path / "d"), "--epochs", "0", "--no-loop")
+    assert code == 2 and "--epochs" in out and "medops.yaml" not in out
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
+        run_demo(directory=tmp_path / "d", epochs=0, loop=False)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_bad_set_value_names_the_override_not_the_file(tmp_path: Path) -> None:
+    medops("init", str(tmp_path))
+    code, out = medops("run", "-C", str(tmp_path), "--set", "train.epochs=abc")
+    assert code == 2 and "--set train.epochs=abc: " in out and "medops.yaml" not in out
+
+
 def test_config_errors_exit_2_with_the_key(tmp_path: Path) -> None:
     medops("init", str(tmp_path / "p"))
     code, out = medops("run", "-C", str(tmp_path / "p"), "--set", "model.architecture=resnet-18")
-    assert code == 2 and "did you mean 'resnet18'" in out
+    assert code == 2 and "did you mean 'resnet18'" in " ".join(out.split())
     (tmp_path / "elsewhere").mkdir()
     code, out = medops("runs", "ls", "-C", str(tmp_path / "elsewhere"))
     assert code == 2 and "medops init" in out

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -30,6 +32,31 @@ def test_bad_sources_are_refused_with_the_fix(tmp_path: Path) -> None:
     assert code == 2 and "s3://" in out and "--source NAME" in out
     code, out = medops("data", "import", "-C", str(tmp_path))
     assert code == 2 and "nothing to import" in out
+
+
+def test_local_files_that_cannot_be_imported_say_why(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    medops("init", str(root))
+    code, out = medops("data", "import", str(tmp_path / "missing.npz"), "-C", str(root))
+    assert code == 2 and f"{tmp_path / 'missing.npz'} does not exist" in " ".join(out.split())
+    code, out = medops("data", "import", "", "-C", str(root))  # not the current folder
+    assert code == 2 and "SOURCE is empty" in out
+    (tmp_path / "notnpz.npz").write_text("a text file")
+    code, out = medops("data", "import", str(tmp_path / "notnpz.npz"), "-C", str(root))
+    assert code == 5 and "not a valid .npz (zip) file" in " ".join(out.split())
+
+    arrays: dict[str, Any] = {  # Any: savez's allow_pickle keyword is typed bool
+        f"{split}_{kind}": np.zeros((4, 8, 8) if kind == "images" else (4, 1), np.uint8)
+        for split in ("train", "val", "test") for kind in ("images", "labels")}
+    floats = tmp_path / "float.npz"
+    np.savez(floats, **{**arrays, "test_images": np.random.default_rng(0).random((4, 8, 8))})
+    expected = "test_images has dtype float64 and shape (4, 8, 8); expected uint8 images"
+    code, out = medops("data", "import", str(floats), "-C", str(root))
+    assert code == 5 and expected in " ".join(out.split()) and "Traceback" not in out
+    assert not list(root.rglob("*.png"))  # train and val were fine; nothing was imported
+    code, out = medops("demo", "--data", str(floats), "--dir", str(tmp_path / "demo"),
+                       "--no-loop")
+    assert code == 5 and expected in " ".join(out.split())
 
 
 def test_receiver_sources_are_not_polled(tmp_path: Path) -> None:

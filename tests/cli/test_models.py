@@ -117,3 +117,27 @@ def test_predict_and_batch_predict(trained_project: TrainedProject, tmp_path: Pa
     code, out = medops("batch-predict", str(folder), "--out", out_file, "--format", "xls",
                        "--model", model, "-C", root)
     assert code == 2 and "parquet, csv" in out
+
+
+def test_batch_predict_on_the_project_folder_and_bad_outs(trained_project: TrainedProject,
+                                                          tmp_path: Path) -> None:
+    project = trained_project.project
+    root = str(project.root)
+    model = f"{project.config.model_name}/1"
+    out_file = str(tmp_path / "preds.parquet")
+    code, out = medops("batch-predict", root, "--out", out_file, "--model", model, "-C", root,
+                       "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["total"] > 0
+    assert not any("/.medops/" in e["uri"] for e in summary["errors"])  # databases, models
+    broken = {e["uri"].rsplit("/", 1)[-1] for e in summary["errors"]}
+    assert broken == {p.name for p in trained_project.raw.rglob("broken_*")}
+
+    code, out = medops("batch-predict", root, "--out", str(tmp_path / "preds.xlsx"),
+                       "--model", model, "-C", root)
+    assert code == 2 and "--out" in out and ".parquet or .csv" in out
+    assert not (tmp_path / "preds.xlsx").exists()
+    (tmp_path / "file").write_text("a file, not a folder")
+    code, out = medops("batch-predict", root, "--out", str(tmp_path / "file" / "p.parquet"),
+                       "--model", model, "-C", root)
+    assert code == 2 and "--out" in out and "cannot write in" in out

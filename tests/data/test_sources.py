@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -98,8 +100,57 @@ def test_npz_keeps_published_split(tmp_path: Path, shared_data: Path) -> None:
 def test_npz_rejects_other_files(tmp_path: Path) -> None:
     bad = tmp_path / "x.npz"
     np.savez(bad, images=np.zeros((2, 4, 4)))
+    (tmp_path / "y.npz").write_text("garbage")
+    np.save(tmp_path / "z.npy", np.zeros(3))
+    (tmp_path / "z.npy").rename(tmp_path / "z.npz")
     with pytest.raises(DataError, match="MedMNIST format"):
         list(NpzSource(bad, tmp_path / "o").list_items())
-    (tmp_path / "y.npz").write_text("garbage")
-    with pytest.raises(DataError, match="not a readable"):
-        list(NpzSource(tmp_path / "y.npz", tmp_path / "o").list_items())
+    for name in ("y.npz", "z.npz"):  # text, and a .npy renamed: np.load takes both for others
+        with pytest.raises(DataError, match=r"not a valid \.npz \(zip\) file") as err:
+            list(NpzSource(tmp_path / name, tmp_path / "o").list_items())
+        assert "pickle" not in str(err.value)  # never the advice to load it unsafely
+
+
+def _medmnist(path: Path, **override: np.ndarray) -> Path:
+    """A MedMNIST-format file of 4 gray 8x8 images per split, labelled 0/1, with ``override``."""
+    arrays: dict[str, Any] = {}  # Any: savez's allow_pickle keyword is typed bool
+    for split in ("train", "val", "test"):
+        arrays[f"{split}_images"] = np.arange(4 * 64, dtype=np.uint8).reshape(4, 8, 8)
+        arrays[f"{split}_labels"] = np.array([[0], [1], [0], [1]], dtype=np.uint8)
+    np.savez(path, **{**arrays, **override})
+    return path
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"test_images": np.random.default_rng(0).random((4, 8, 8))},
+     "test_images has dtype float64 and shape (4, 8, 8); expected uint8 images of shape "
+     "N x H x W or N x H x W x 3"),
+    ({"val_images": np.full((4, 8, 8), np.nan)}, "val_images has dtype float64"),
+    ({"val_images": np.zeros(4, np.uint8)}, "val_images has dtype uint8 and shape (4,)"),
+    ({"val_images": np.zeros((4, 2, 2, 8, 8), np.uint8)},
+     "val_images has dtype uint8 and shape (4, 2, 2, 8, 8)"),
+    ({"val_images": np.zeros((4, 8, 8, 1), np.uint8)},
+     "val_images has dtype uint8 and shape (4, 8, 8, 1)"),
+    ({"test_images": np.zeros((0, 8, 8), np.uint8), "test_labels": np.zeros((0, 1), np.uint8)},
+     "test_images holds no image"),
+    ({"test_labels": np.zeros((3, 1), np.uint8)}, "test_labels has 3 rows for 4 images"),
+    ({"val_labels": np.array([["a"], ["b"], ["a"], ["b"]])},
+     "val_labels has dtype <U1; labels must be integer"),
+    ({"val_labels": np.array([0.0, 1.0, 0.7, 1.0])}, "val_labels has dtype float64; labels must"),
+])
+def test_npz_with_malformed_arrays_imports_nothing(tmp_path: Path, override: dict[str, np.ndarray],
+                                                   message: str) -> None:
+    out = tmp_path / "out"
+    source = NpzSource(_medmnist(tmp_path / "x.npz", **override), out)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'x.npz'}: {message}")):
+        list(source.list_items())
+    assert not out.exists()  # the train split is fine, yet none of its images was written
+
+
+def test_npz_takes_rgb_images_and_whole_number_float_labels(tmp_path: Path) -> None:
+    rgb = np.zeros((4, 8, 8, 3), np.uint8)
+    source = NpzSource(_medmnist(tmp_path / "x.npz", train_images=rgb,
+                                 train_labels=np.array([0.0, 1.0, 0.0, 1.0])), tmp_path / "out")
+    items = list(source.list_items())
+    assert len(items) == 12 and {i.label for i in items} == {"0", "1"}
+    assert [i.info["samples"] for i in items if i.split is Split.TRAIN] == [3] * 4

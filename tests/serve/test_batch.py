@@ -21,6 +21,7 @@ from medops.serve.batch import (
     Predictor,
     batch_predict,
     list_inputs,
+    output_format,
 )
 
 from ..conftest import TrainedProject
@@ -168,6 +169,31 @@ def test_manifest_source_and_another_version_is_refused(predictor: Predictor, in
         list_inputs(str(tmp_path / "missing"), Files())
 
 
+def test_hidden_files_and_folders_are_not_inputs(tmp_path: Path) -> None:
+    # As when batch-predict is run on a project folder: .medops holds databases and models.
+    for rel in ("scan.png", "site/scan.png", ".medops/medops.db", ".medops/cache/x.png",
+                "site/.thumbs/scan.png", ".hidden.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(_image("PNG", 1))
+    found = list_inputs(str(tmp_path), Files())
+    assert found == [str(tmp_path / "scan.png"), str(tmp_path / "site" / "scan.png")]
+
+
+def test_out_must_be_parquet_or_csv_in_a_writable_folder(tmp_path: Path) -> None:
+    assert output_format(str(tmp_path / "new" / "preds.CSV")) is OutputFormat.CSV
+    assert output_format("s3://bucket/preds.parquet") is OutputFormat.PARQUET
+    with pytest.raises(ConfigError, match=r"--out .*out\.xlsx: .*\.parquet or \.csv"):
+        output_format(str(tmp_path / "out.xlsx"))
+    with pytest.raises(ConfigError, match="--format is csv"):
+        output_format(str(tmp_path / "preds.parquet"), OutputFormat.CSV)
+    (tmp_path / "file").write_text("a file, not a folder")
+    with pytest.raises(ConfigError, match=r"--out .*preds\.parquet: cannot write in"):
+        output_format(str(tmp_path / "file" / "preds.parquet"))
+    if Path("/proc/self").is_dir():  # Linux: a folder that exists and takes no new files
+        with pytest.raises(ConfigError, match="cannot write in /proc"):
+            output_format("/proc/x.parquet")
+
+
 # -- S3, against moto's server on loopback ---------------------------------------------------
 
 
@@ -202,6 +228,7 @@ def test_s3_prefix_in_and_out(predictor: Predictor, inputs: Path, s3_endpoint: s
     local = {p.relative_to(inputs).as_posix(): p for p in inputs.rglob("*") if p.is_file()}
     for key, path in local.items():
         s3.put_object(Bucket="scans", Key=f"in/{key}", Body=path.read_bytes())
+    s3.put_object(Bucket="scans", Key="in/.cache/x.png", Body=_image("PNG", 4))  # not an input
 
     files = Files(s3_endpoint)
     out = "s3://scans/out/preds.parquet"

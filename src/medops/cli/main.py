@@ -132,10 +132,12 @@ def demo(data: Path | None = typer.Option(None, help="Train on a MedMNIST .npz i
                                                       "loop: it needs image files)."),
          directory: Path | None = typer.Option(None, "--dir",
                                                   help="Project folder (default: a temp one)."),
-         epochs: int | None = typer.Option(None, help="Override train.epochs."),
+         epochs: int | None = typer.Option(None, min=1, help="Override train.epochs."),
          loop: bool = typer.Option(True, "--loop/--no-loop",
                                    help="After the first model: serve it, drift, retrain, swap "
-                                        "(--no-loop: stop after the first model).")) -> None:
+                                        "(--no-loop: stop after the first model)."),
+         force: bool = typer.Option(False, help="Overwrite the medops.yaml a --dir already "
+                                                "holds.")) -> None:
     """The whole lifecycle, offline, on synthetic DICOM: train, gate and register a model,
     serve it, let a new detector's images drift, and watch the agent retrain and the server
     swap to the new version; a timeline ends it.
@@ -144,7 +146,7 @@ def demo(data: Path | None = typer.Option(None, help="Train on a MedMNIST .npz i
     """
     from medops.cli.demo import run_demo
 
-    run_demo(data=data, directory=directory, epochs=epochs, loop=loop)
+    run_demo(data=data, directory=directory, epochs=epochs, loop=loop, force=force)
 
 
 def main() -> None:

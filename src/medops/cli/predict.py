@@ -76,7 +76,8 @@ def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG file
 @handle_errors
 def batch_predict(source: str = typer.Argument(
                       ..., help="A folder, a Parquet manifest (column uri) or an s3:// prefix."),
-                  out: str = typer.Option(..., "--out", help="Output file (local or s3://)."),
+                  out: str = typer.Option(
+                      ..., "--out", help="Output .parquet or .csv file (local or s3://)."),
                   model: str | None = ModelOpt,
                   fmt: str | None = typer.Option(
                       None, "--format", help="parquet or csv (default: from --out)."),
@@ -92,8 +93,9 @@ def batch_predict(source: str = typer.Argument(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from medops.serve.batch import batch_predict as run_batch
+    from medops.serve.batch import output_format as checked_format
 
-    output_format = _format(fmt)
+    output_format = checked_format(out, _format(fmt))  # a bad --out fails before the model loads
     predictor = _predictor(project, model, batch_size)
     progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err_console, transient=True,

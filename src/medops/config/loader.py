@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any, get_args
@@ -30,16 +31,22 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> MedopsCo
         raise ConfigError(f"{path} must be a mapping of keys to values, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         set_dotted(raw, dotted, value)
-    return parse_config(raw, origin=str(path))
+    return parse_config(raw, origin=str(path), overrides=overrides)
 
 
-def parse_config(raw: dict[str, Any], origin: str = CONFIG_FILE) -> MedopsConfig:
-    """Validate an already-parsed mapping."""
+def parse_config(raw: dict[str, Any], origin: str = CONFIG_FILE,
+                 overrides: dict[str, Any] | None = None) -> MedopsConfig:
+    """Validate an already-parsed mapping; ``overrides`` (the --set values applied to ``raw``)
+    are named in place of ``origin`` when they hold the bad value."""
     try:
         return MedopsConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
-        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(lines)) from None
+        lines = [_describe(err, overrides or {}) for err in exc.errors()]
+    if all(line.startswith("--set ") for line in lines):
+        # the file is fine: naming it would send the user looking for a mistake it does not hold
+        raise ConfigError("\n".join(lines))
+    where = f"{origin} (with the --set overrides)" if overrides else origin
+    raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines))
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -62,18 +69,40 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _describe(err: Any) -> str:
+def _describe(err: Any, overrides: dict[str, Any]) -> str:
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union"))]
     key = ".".join(p for p in loc if not p.isdigit()) or "(top level)"
+    # an override of the key itself, or of a whole section holding it
+    dotted = next((d for d in overrides if key == d or key.startswith(d + ".")), None)
+    if dotted is None:
+        return f"{key}: {_problem(err, loc)}"
+    problem = _problem(err, loc) if key == dotted else f"{key}: {_problem(err, loc)}"
+    return f"--set {dotted}={_yaml_text(overrides[dotted])}: {problem}"
+
+
+def _problem(err: Any, loc: list[str]) -> str:
     value = err.get("input")
     if err["type"] == "extra_forbidden":
         options = _field_names(loc[:-1])
         hint = _nearest(loc[-1], options)
-        return f"{key}: unknown key{hint}"
+        return f"unknown key{hint}"
     choices = _enum_choices(loc)
     if choices and isinstance(value, str):
-        return f"{key}: {value!r} is not one of {sorted(choices)}{_nearest(value, choices)}"
-    return f"{key}: {err['msg']} (got {value!r})"
+        return f"{value!r} is not one of {sorted(choices)}{_nearest(value, choices)}"
+    if err["type"] == "value_error":
+        msg = err["msg"].removeprefix("Value error, ")
+        # medops's own validators mostly name the value already, and a section's validator
+        # names its fields: a "(got ...)" would repeat it or dump the whole section
+        if isinstance(value, dict) or "(got " in msg or repr(value) in msg:
+            return msg
+        return f"{msg} (got {value!r})"
+    return f"{err['msg']} (got {value!r})"
+
+
+def _yaml_text(value: Any) -> str:
+    """``value`` written as on the command line (the inverse of :func:`parse_override`)."""
+    return yaml.safe_dump(value, default_flow_style=True, width=math.inf).removesuffix(
+        "\n...\n").strip()
 
 
 def _nearest(word: str, options: list[str]) -> str:

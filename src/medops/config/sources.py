@@ -11,6 +11,7 @@ Each source has a name (its key under ``data.sources``) and a ``kind`` that pick
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -40,6 +41,11 @@ class DicomwebSourceConfig(_Strict):
     orthanc_url: str | None = None  # Orthanc's REST root; None: url without its /dicom-web
     page_size: int = Field(100, ge=1, le=1000)  # instances per poll
     timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("url", "orthanc_url")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return None if v is None else _http_url(v, "http://pacs:8042/dicom-web")
 
 
 class DicomScpSourceConfig(_Strict):
@@ -87,6 +93,26 @@ class XnatSourceConfig(_Strict):
     password_env: str | None = None
     scan_type: str | None = None  # which scan of each session to take (regex on the type)
     label_field: str | None = None  # a subject field holding the label
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v, "https://xnat.example.org")
+
+
+def _http_url(url: str, example: str) -> str:
+    """``url`` when it is http(s) with a host: requests would refuse anything else only at the
+    first poll, with a traceback that names no key."""
+    try:
+        parts = urlsplit(url)
+        good = (parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+                and (parts.port is None or parts.port > 0))
+    except ValueError:  # an unclosed [IPv6] host, a port that is not a number or is over 65535
+        good = False
+    if not good:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host (and a port number, if "
+                         f"any); write e.g. {example}")
+    return url
 
 
 RemoteSourceConfig = Annotated[

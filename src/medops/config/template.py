@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import yaml
+
 _TEMPLATE = """\
 # medops project configuration. Every key is optional except `project`;
 # the values shown are the defaults. Docs: https://github.com/medops/medops#configuration
@@ -127,7 +131,8 @@ def render_template(project: str, source_path: str = "data/raw") -> str:
 
     train, gate = TrainConfig(), GateConfig()
     return _TEMPLATE.format(
-        project=project,
+        # quoted where YAML would read it as something else (`true`, `1.0`, `#x`, `a: b`)
+        project=yaml.safe_dump(project, width=math.inf).removesuffix("\n...\n").strip(),
         source_path=source_path,
         epochs=train.epochs,
         batch_size=train.batch_size,

@@ -10,13 +10,15 @@ re-run skips every file already predicted by the same model version.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -79,11 +81,21 @@ class Files:
         return _local(uri).is_dir()
 
     def find(self, uri: str) -> list[str]:
-        """Every file under a folder or prefix, recursively, as URIs like ``uri``."""
+        """Every file under a folder or prefix, recursively, as URIs like ``uri``; hidden files
+        and folders (a name starting with '.') are left out."""
         if is_s3(uri):
-            bucket, _ = _split_s3(uri)
-            return sorted(f"s3://{bucket}/{key}" for key in self._keys(uri.rstrip("/") + "/"))
-        return sorted(str(p) for p in _local(uri).resolve().rglob("*") if p.is_file())
+            bucket, prefix = _split_s3(uri.rstrip("/") + "/")
+            return sorted(f"s3://{bucket}/{key}" for key in self._keys(uri.rstrip("/") + "/")
+                          if not any(part.startswith(".")
+                                     for part in key[len(prefix):].split("/")))
+        found: list[Path] = []
+        for folder, dirs, names in os.walk(_local(uri).resolve()):
+            # Pruned, not filtered: a project's .medops (databases, caches, models) or a .git
+            # can hold far more files than the images.
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [p for p in (Path(folder, n) for n in names if not n.startswith("."))
+                      if p.is_file()]
+        return sorted(str(p) for p in found)
 
     def read_table(self, uri: str, fmt: OutputFormat = OutputFormat.PARQUET) -> pd.DataFrame:
         source: Any = io.BytesIO(self.read_bytes(uri)) if is_s3(uri) else _local(uri)
@@ -258,6 +270,31 @@ def list_inputs(source: str, files: Files) -> list[str]:
                       "an image file")
 
 
+def output_format(out: str, fmt: OutputFormat | None = None) -> OutputFormat:
+    """The format ``out`` is written in: its suffix, .parquet or .csv, which ``fmt`` (when
+    given) must agree with; and a local ``out`` must be writable. Checked before any image is
+    read, so a bad --out costs no predictions."""
+    suffix = PurePosixPath(out).suffix.lower()
+    formats = [f".{f.value}" for f in OutputFormat]
+    if suffix not in formats:
+        raise ConfigError(f"--out {out}: batch predictions are written as Parquet or CSV; name "
+                          f"the output file {' or '.join(formats)} (e.g. preds.parquet)")
+    found = OutputFormat(suffix[1:])
+    if fmt is not None and fmt is not found:
+        raise ConfigError(f"--out {out} is a {suffix} file but --format is {fmt.value}; drop "
+                          f"--format or name the output file .{fmt.value}")
+    if not is_s3(out):
+        folder = _local(out).resolve().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".medops-probe-"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); "
+                              "choose a folder you can write to") from None
+    return found
+
+
 def batch_predict(predictor: Predictor, source: str, out: str,
                   fmt: OutputFormat | None = None, *, files: Files | None = None,
                   chunk_size: int = 256,
@@ -266,7 +303,7 @@ def batch_predict(predictor: Predictor, source: str, out: str,
     skipping files an earlier run already predicted with the same model version."""
     started = time.perf_counter()
     files = files or Files()
-    fmt = fmt or (OutputFormat.CSV if out.lower().endswith(".csv") else OutputFormat.PARQUET)
+    fmt = output_format(out, fmt)
     uris = list_inputs(source, files)
     parts = out.rstrip("/") + ".parts"
     earlier = _earlier_rows(out, parts, fmt, files, predictor)

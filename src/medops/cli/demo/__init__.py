@@ -15,6 +15,8 @@ from typing import Any
 
 from medops.cli.common import interruptible_runner
 from medops.cli.render import RichReporter, console, run_detail
+from medops.config import CONFIG_FILE
+from medops.errors import ConfigError
 from medops.project import Project, import_source
 
 # Small enough for a laptop CPU; the recipe itself is the project default. ~130 training
@@ -29,14 +31,13 @@ _SYNTHETIC_SETTINGS: dict[str, Any] = {"train.epochs": 6, "train.patience": 6,
 
 
 def run_demo(data: Path | None = None, directory: Path | None = None,
-             epochs: int | None = None, loop: bool = True) -> Project:
+             epochs: int | None = None, loop: bool = True, force: bool = False) -> Project:
+    """``force``: overwrite the medops.yaml ``directory`` already holds (else refused)."""
     from medops.cli.demo.loop import LOOP_SETTINGS, missing_dependency, run_loop
     from medops.cli.demo.timeline import Timeline, timeline_table
     from medops.registry import CHAMPION
 
     timeline = Timeline()
-    root = directory or Path(tempfile.mkdtemp(prefix="medops-demo-"))
-    Project.init(root, name="medops-demo", force=True)
     skip = _why_no_loop(data, loop, missing_dependency())
     settings: dict[str, Any] = {} if data else dict(_SYNTHETIC_SETTINGS)
     if skip is None:
@@ -45,8 +46,16 @@ def run_demo(data: Path | None = None, directory: Path | None = None,
         settings["train.epochs"] = epochs
         if "train.patience" in settings:  # no early stopping in the synthetic recipe
             settings["train.patience"] = epochs
-    if settings:
-        _write_settings(root, settings)
+    # checked before anything is made, so bad settings leave no half-made project behind
+    config_text = _config_with(settings) if settings else None
+    if directory is not None and (directory / CONFIG_FILE).exists() and not force:
+        raise ConfigError(f"--dir {directory} already holds a project ({CONFIG_FILE}); the demo "
+                          "would overwrite its configuration and add synthetic data: give a "
+                          "new folder, or add --force")
+    root = directory or Path(tempfile.mkdtemp(prefix="medops-demo-"))
+    Project.init(root, name="medops-demo", force=force)
+    if config_text is not None:
+        (root / CONFIG_FILE).write_text(config_text)
     project = Project.load(root)
     console.rule("[bold]medops demo")
     console.print(f"project: {root}" + (" (the demo's settings are in its medops.yaml)"
@@ -94,20 +103,20 @@ def _why_no_loop(data: Path | None, loop: bool, missing: str | None) -> str | No
     return None
 
 
-def _write_settings(root: Path, settings: dict[str, Any]) -> None:
-    """Put ``settings`` (dotted keys) in medops.yaml, so the commands a user runs in the folder
-    afterwards see the demo's configuration."""
+def _config_with(settings: dict[str, Any]) -> str:
+    """The validated medops.yaml of ``settings`` (dotted keys) on the defaults, so the commands
+    a user runs in the folder afterwards see the demo's configuration."""
     import yaml
 
-    from medops.config import CONFIG_FILE, set_dotted
+    from medops.config import parse_config, render_template, set_dotted
 
-    path = root / CONFIG_FILE
-    raw = yaml.safe_load(path.read_text())
+    raw = yaml.safe_load(render_template("medops-demo"))
     for dotted, value in settings.items():
         set_dotted(raw, dotted, value)
+    parse_config(raw, origin="the demo's configuration")
     header = ("# medops demo: the defaults of `medops init` (run it for the commented file) "
               "with the demo's settings\n")
-    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    return header + yaml.safe_dump(raw, sort_keys=False)
 
 
 def _explain(project: Project, run_id: str) -> None:

@@ -25,18 +25,12 @@ class NpzSource:
         self.name = name or f"npz:{path.name}"
 
     def list_items(self) -> Iterator[Item]:
-        arrays = self._load()
+        splits = self._load()
         for prefix, split in _SPLITS.items():
-            images = arrays[f"{prefix}_images"]
-            labels = arrays[f"{prefix}_labels"].reshape(len(images), -1)
-            if labels.shape[1] != 1:
-                raise DataError(
-                    f"{self.path}: {prefix}_labels has {labels.shape[1]} columns; medops handles "
-                    "single-label classification (multi-label MedMNIST sets are not supported yet)"
-                )
+            images, labels = splits[prefix]
             folder = self.out_dir / prefix
             folder.mkdir(parents=True, exist_ok=True)
-            for i, (img, label) in enumerate(zip(images, labels[:, 0], strict=True)):
+            for i, (img, label) in enumerate(zip(images, labels, strict=True)):
                 target = folder / f"{i:06d}.png"
                 if not target.exists():
                     tmp = target.with_suffix(".tmp")
@@ -50,8 +44,17 @@ class NpzSource:
                           "index": i},
                 )
 
-    def _load(self) -> dict[str, np.ndarray]:
+    def _load(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{split prefix: (images, one label per image)}, every split checked before any PNG is
+        written, so a malformed file imports nothing."""
         try:
+            # np.load takes anything that is not a zip for a .npy or a pickle and then fails
+            # with advice to allow pickles, which would be wrong and unsafe here.
+            with self.path.open("rb") as fh:
+                is_zip = zipfile.is_zipfile(fh)
+            if not is_zip:
+                raise DataError(f"{self.path} is not a valid .npz (zip) file; expected a MedMNIST "
+                                ".npz as written by numpy.savez")
             with np.load(self.path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -63,4 +66,37 @@ class NpzSource:
                 f"{self.path} is not in MedMNIST format: missing {missing} "
                 f"(found {sorted(arrays)})"
             )
-        return arrays
+        return {p: self._checked(p, arrays[f"{p}_images"], arrays[f"{p}_labels"])
+                for p in _SPLITS}
+
+    def _checked(self, prefix: str, images: np.ndarray,
+                 labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if images.ndim and len(images) == 0:
+            raise DataError(f"{self.path}: {prefix}_images holds no image; every split (train, "
+                            "val, test) needs at least one")
+        gray_or_rgb = images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)
+        if images.dtype != np.uint8 or not gray_or_rgb or 0 in images.shape[1:3]:
+            raise DataError(f"{self.path}: {prefix}_images has dtype {images.dtype} and shape "
+                            f"{images.shape}; expected uint8 images of shape N x H x W or "
+                            "N x H x W x 3")
+        if labels.ndim == 0 or len(labels) != len(images):
+            raise DataError(f"{self.path}: {prefix}_labels has {len(labels) if labels.ndim else 0} "
+                            f"rows for {len(images)} images; expected one label per image")
+        labels = labels.reshape(len(images), -1)
+        if labels.shape[1] != 1:
+            raise DataError(
+                f"{self.path}: {prefix}_labels has {labels.shape[1]} columns; medops handles "
+                "single-label classification (multi-label MedMNIST sets are not supported yet)"
+            )
+        if not _whole_numbers(labels):
+            raise DataError(f"{self.path}: {prefix}_labels has dtype {labels.dtype}; labels must "
+                            "be integer class indices (0, 1, ...)")
+        return images, labels[:, 0]
+
+
+def _whole_numbers(labels: np.ndarray) -> bool:
+    if labels.dtype.kind in "biu":
+        return True
+    # 1.0 is a fine label; 0.7 is not one, and int() would quietly make it 0.
+    return labels.dtype.kind == "f" and bool(np.all(np.isfinite(labels)
+                                                    & (labels == np.round(labels))))
