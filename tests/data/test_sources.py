@@ -31,6 +31,9 @@ def folder(tmp_path: Path) -> Path:
     (root / "mr" / "notes.dat").write_text("not an image")
     (root / "loose.dcm").write_bytes(pydicom_file("CT_small.dcm").read_bytes())  # no label folder
     (root / "labels.csv").write_text("ignored")
+    (root / ".medops" / "cache").mkdir(parents=True)  # hidden folders are never entered
+    shutil.copy(pydicom_file("MR_small.dcm"), root / ".medops" / "cache" / "c.dcm")
+    shutil.copy(pydicom_file("MR_small.dcm"), root / "mr" / ".hidden.dcm")
     return root
 
 
@@ -47,6 +50,8 @@ def test_folder_lists_dicom_with_labels_patients_and_quarantine(folder: Path) ->
     assert items["notes.dat"].status is ItemStatus.QUARANTINED
     assert "not a DICOM" in (items["notes.dat"].reason or "")
     assert items["loose.dcm"].label is None
+    hidden = [folder / ".medops" / "cache" / "c.dcm", folder / "mr" / ".hidden.dcm"]
+    assert list(FolderSource(folder, LabelsConfig()).items_for_paths(hidden)) == []
 
 
 def test_truncated_file_is_quarantined_at_listing_or_validation(folder: Path) -> None:

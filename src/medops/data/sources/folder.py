@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -30,16 +31,16 @@ class FolderSource:
         self._csv = self._read_csv(csv_root or root) if labels.from_ is LabelsFrom.CSV else None
 
     def list_items(self) -> Iterator[Item]:
-        for path in sorted(p for p in self.root.rglob("*") if p.is_file()):
-            if path.name.startswith(".") or path.suffix.lower() in _IGNORED:
-                continue
-            yield from self._items_for(path)
+        for path in _visible_files(self.root):
+            if path.suffix.lower() not in _IGNORED:
+                yield from self._items_for(path)
 
     def items_for_paths(self, paths: Iterable[Path]) -> Iterator[Item]:
         """The items of just these files (a folder watch imports what landed, not it all)."""
         for path in sorted(set(paths)):
             if (path.is_file() and path.is_relative_to(self.root)
-                    and not path.name.startswith(".") and path.suffix.lower() not in _IGNORED):
+                    and not any(p.startswith(".") for p in path.relative_to(self.root).parts)
+                    and path.suffix.lower() not in _IGNORED):
                 yield from self._items_for(path)
 
     def _items_for(self, path: Path) -> Iterator[Item]:
@@ -76,3 +77,15 @@ class FolderSource:
                 )
         return out
 
+
+
+def _visible_files(root: Path) -> list[Path]:
+    """Files under ``root`` whose names and folders do not start with '.', sorted. Hidden
+    folders are pruned, not filtered: a project's .medops (databases, caches, received DICOM)
+    or a .git can hold far more files than the images."""
+    found: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [p for p in (Path(folder, n) for n in names if not n.startswith("."))
+                  if p.is_file()]
+    return sorted(found)
