@@ -21,6 +21,14 @@ def medops(*args: str) -> tuple[int, str]:
     return result.exit_code, result.stdout if "--json" in args else result.output
 
 
+def test_version_and_short_help() -> None:
+    from medops import __version__
+
+    assert medops("--version") == (0, f"medops {__version__}\n")
+    code, out = medops("runs", "ls", "-h")
+    assert code == 0 and "runs ls [OPTIONS]" in out and "Recent runs" in out
+
+
 def test_init_scaffolds_and_refuses_to_overwrite(tmp_path: Path) -> None:
     code, out = medops("init", str(tmp_path / "p"))
     assert code == 0 and "created" in out

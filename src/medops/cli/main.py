@@ -28,8 +28,26 @@ from medops.cli.serve import feedback_app, serve
 from medops.config import Step
 
 app = typer.Typer(help="MLOps for medical image classifiers.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 runs_app = typer.Typer(help="Pipeline runs: list, show, resume.", no_args_is_help=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from medops import __version__
+
+        print(f"medops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True,
+                                       callback=_print_version,
+                                       help="Print the version and exit.")) -> None:
+    """MLOps for medical image classifiers."""
+
+
 app.add_typer(data_app, name="data")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
