@@ -190,6 +190,13 @@ def import_source(project: Project, source: str | Path | None,
         return import_remote(project, source).to_dict()
     if source is None:
         raise ConfigError("nothing to import: give a file, a folder, a URI or --source NAME")
+    if not str(source).strip():
+        # Path("") is the current folder: an unset shell variable would import it.
+        raise ConfigError("SOURCE is empty: give a .npz file, a folder (. for the current "
+                          "one), an s3:// or http(s):// URI, or --source NAME")
+    if not Path(source).exists():
+        raise ConfigError(f"cannot import {source}: {Path(source).resolve()} does not exist; "
+                          "check the path (relative paths start at the current folder)")
     return import_local(project, Path(source))
 
 

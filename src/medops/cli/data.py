@@ -31,19 +31,10 @@ def data_import(
     medops data import healthimaging://DATASTORE/IMAGESET · medops data import --source ahi
     --event event.json
     """
-    from medops.errors import ConfigError
     from medops.project import import_source
 
     if source is not None and name is not None:
         raise typer.BadParameter("give either SOURCE or --source NAME, not both")
-    if source is not None and not source.strip():
-        # Path("") is the current folder: an unset shell variable would import it.
-        raise ConfigError("SOURCE is empty: give a .npz file, a folder (. for the current "
-                          "one), an s3:// or http(s):// URI, or --source NAME")
-    if source is not None and event is None and "://" not in source \
-            and not Path(source).exists():
-        raise ConfigError(f"cannot import {source}: {Path(source).resolve()} does not exist; "
-                          "check the path (relative paths start at the current folder)")
     result = import_source(load_project(project), source, name, event)
     if json_out:
         print_json(result)

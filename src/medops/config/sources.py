@@ -11,11 +11,11 @@ Each source has a name (its key under ``data.sources``) and a ``kind`` that pick
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medops.config.agent import Duration
+from medops.config.uris import check_http_url
 
 
 class _Strict(BaseModel):
@@ -45,7 +45,7 @@ class DicomwebSourceConfig(_Strict):
     @field_validator("url", "orthanc_url")
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
-        return None if v is None else _http_url(v, "http://pacs:8042/dicom-web")
+        return None if v is None else check_http_url(v, "http://pacs:8042/dicom-web")
 
 
 class DicomScpSourceConfig(_Strict):
@@ -97,22 +97,7 @@ class XnatSourceConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _http_url(v, "https://xnat.example.org")
-
-
-def _http_url(url: str, example: str) -> str:
-    """``url`` when it is http(s) with a host: requests would refuse anything else only at the
-    first poll, with a traceback that names no key."""
-    try:
-        parts = urlsplit(url)
-        good = (parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-                and (parts.port is None or parts.port > 0))
-    except ValueError:  # an unclosed [IPv6] host, a port that is not a number or is over 65535
-        good = False
-    if not good:
-        raise ValueError(f"{url!r} is not an http(s) URL with a host (and a port number, if "
-                         f"any); write e.g. {example}")
-    return url
+        return check_http_url(v, "https://xnat.example.org")
 
 
 RemoteSourceConfig = Annotated[

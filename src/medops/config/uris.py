@@ -1,4 +1,5 @@
-"""The locations of ``storage``: which URI forms each one takes, checked when the config loads.
+"""The locations of ``storage`` and of network sources: which URI forms each one takes, checked
+when the config loads.
 
 SQLAlchemy and MLflow accept (or half-accept) many schemes and fail late, with their own
 tracebacks, on the ones medops does not install drivers for. Checking the scheme up front turns
@@ -32,11 +33,24 @@ def check_state_uri(uri: str) -> str:
     return uri
 
 
+def check_http_url(url: str, example: str) -> str:
+    """``url`` when it is http(s) with a host: requests would refuse anything else only at the
+    first call, with a traceback that names no key."""
+    try:
+        parts = urlsplit(url)
+        good = (parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+                and (parts.port is None or parts.port > 0))
+    except ValueError:  # an unclosed [IPv6] host, a port that is not a number or is over 65535
+        good = False
+    if not good:
+        raise ValueError(f"{url!r} is not an http(s) URL with a host (and a port number, if "
+                         f"any); write e.g. {example}")
+    return url
+
+
 def check_tracking_uri(uri: str) -> str:
     if _scheme(uri) in ("http", "https"):
-        if not urlsplit(uri).hostname:
-            raise ValueError("the MLflow server URL has no host; write http(s)://host:port")
-        return uri
+        return check_http_url(uri, "http://mlflow:5000")
     if not _database(uri):
         raise ValueError(f"not a tracking location medops can use; write {_TRACKING_FORMS}")
     return uri

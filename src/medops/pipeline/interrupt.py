@@ -40,15 +40,15 @@ class Interrupt:
             raise KeyboardInterrupt
 
     def request(self) -> None:
+        if self._first is None:
+            self._first = time.monotonic()
         self._event.set()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        now = time.monotonic()
         if self._first is None:
-            self._first = now
-            self._event.set()
+            self.request()
             raise KeyboardInterrupt
-        if self._force_after is not None and now - self._first >= self._force_after:
+        if self._force_after is not None and time.monotonic() - self._first >= self._force_after:
             raise KeyboardInterrupt
 
     def install(self, *signums: int) -> dict[int, Any]:

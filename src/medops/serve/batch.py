@@ -10,7 +10,6 @@ re-run skips every file already predicted by the same model version.
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medops.config.enums import StrEnum
+from medops.data.sources.folder import visible_files
 from medops.errors import ConfigError, DataError, DependencyMissingError, NotFoundError
 from medops.preprocess import preprocess_bytes
 from medops.registry import CHAMPION, LoadedModel, ModelRegistry
@@ -88,14 +88,7 @@ class Files:
             return sorted(f"s3://{bucket}/{key}" for key in self._keys(uri.rstrip("/") + "/")
                           if not any(part.startswith(".")
                                      for part in key[len(prefix):].split("/")))
-        found: list[Path] = []
-        for folder, dirs, names in os.walk(_local(uri).resolve()):
-            # Pruned, not filtered: a project's .medops (databases, caches, models) or a .git
-            # can hold far more files than the images.
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            found += [p for p in (Path(folder, n) for n in names if not n.startswith("."))
-                      if p.is_file()]
-        return sorted(str(p) for p in found)
+        return [str(p) for p in visible_files(_local(uri).resolve())]
 
     def read_table(self, uri: str, fmt: OutputFormat = OutputFormat.PARQUET) -> pd.DataFrame:
         source: Any = io.BytesIO(self.read_bytes(uri)) if is_s3(uri) else _local(uri)

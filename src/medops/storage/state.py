@@ -440,10 +440,7 @@ class StateStore:
             q = select(_Event).order_by(_Event.id.desc()).limit(limit)
             if kind:
                 q = q.where(_Event.kind == kind)
-            return [EventRecord(kind=e.kind, payload=e.payload,
-                                created_at=_aware(e.created_at) or utcnow(),
-                                idempotency_key=e.idempotency_key, id=e.id)
-                    for e in s.scalars(q)]
+            return [_event_record(e) for e in s.scalars(q)]
 
     def keyed_events(self, key_prefix: str, up_to_id: int) -> list[EventRecord]:
         """Events whose idempotency key starts with ``key_prefix`` (one series, such as one
@@ -453,10 +450,7 @@ class StateStore:
                  .where(_Event.idempotency_key.startswith(key_prefix, autoescape=True),
                         _Event.id <= up_to_id)
                  .order_by(_Event.id))
-            return [EventRecord(kind=e.kind, payload=e.payload,
-                                created_at=_aware(e.created_at) or utcnow(),
-                                idempotency_key=e.idempotency_key, id=e.id)
-                    for e in s.scalars(q)]
+            return [_event_record(e) for e in s.scalars(q)]
 
     # -- event decisions (the agent's processing state; see medops.agent) ---------------------
     def decide_event(self, event_id: int, status: DecisionStatus, decision: str, reason: str,
@@ -525,14 +519,10 @@ class StateStore:
             q = select(_Event, _EventDecision).outerjoin(
                 _EventDecision, _EventDecision.event_id == _Event.id)
             rows = s.execute(shape(q).limit(limit)).all()
-            return [EventRecord(kind=e.kind, payload=e.payload,
-                                created_at=_aware(e.created_at) or utcnow(),
-                                idempotency_key=e.idempotency_key, id=e.id,
-                                decision=None if d is None else EventDecision(
-                                    event_id=d.event_id, status=DecisionStatus(d.status),
-                                    decision=d.decision, reason=d.reason, run_id=d.run_id,
-                                    notified=bool(d.notified),
-                                    updated_at=_aware(d.updated_at) or utcnow()))
+            return [_event_record(e, None if d is None else EventDecision(
+                        event_id=d.event_id, status=DecisionStatus(d.status),
+                        decision=d.decision, reason=d.reason, run_id=d.run_id,
+                        notified=bool(d.notified), updated_at=_aware(d.updated_at) or utcnow()))
                     for e, d in rows]
 
     @staticmethod
@@ -604,3 +594,8 @@ def _pid_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def _event_record(e: _Event, decision: EventDecision | None = None) -> EventRecord:
+    return EventRecord(kind=e.kind, payload=e.payload, created_at=_aware(e.created_at) or utcnow(),
+                       idempotency_key=e.idempotency_key, id=e.id, decision=decision)

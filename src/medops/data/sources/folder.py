@@ -31,7 +31,7 @@ class FolderSource:
         self._csv = self._read_csv(csv_root or root) if labels.from_ is LabelsFrom.CSV else None
 
     def list_items(self) -> Iterator[Item]:
-        for path in _visible_files(self.root):
+        for path in visible_files(self.root):
             if path.suffix.lower() not in _IGNORED:
                 yield from self._items_for(path)
 
@@ -79,7 +79,7 @@ class FolderSource:
 
 
 
-def _visible_files(root: Path) -> list[Path]:
+def visible_files(root: Path) -> list[Path]:
     """Files under ``root`` whose names and folders do not start with '.', sorted. Hidden
     folders are pruned, not filtered: a project's .medops (databases, caches, received DICOM)
     or a .git can hold far more files than the images."""
