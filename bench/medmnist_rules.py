@@ -10,7 +10,9 @@ in memory, then prints one JSON line: the test AUC of every epoch, and of each r
   the default recipe (capped at ``epochs // 4`` epochs in the trainer, not here);
 - ``uniform_A-B``: the average of the weights of epochs A..B (stochastic weight averaging);
 - ``ens_auc_top5``: the mean of the *probabilities* of the 5 best epochs (a 5-model ensemble);
-- ``tta5_auc_top5``: the default's model with 1-pixel shifts added to its flip TTA (5 views).
+- ``tta5_auc_top5``: the default's model with 1-pixel shifts added to its flip TTA (5 views);
+- ``bn_<rule>``: that rule's averaged weights with the batch-norm statistics recomputed on the
+  (un-augmented) training images, as stochastic weight averaging does (``update_bn``).
 
 The recipe levers are the ``--set`` overrides of ``medmnist_recipe.py`` and three that the
 pipeline does not offer: ``--upsample``, ``--global-norm``, ``--sgd``. Every epoch's weights
@@ -132,6 +134,13 @@ def main() -> None:
         views = [predict_proba(model, torch.roll(x, s, dims=(2, 3)).numpy()) for s in shifts]
         return np.mean(views, axis=0)
 
+    def recalibrated(state: State) -> State:
+        model.load_state_dict(state)
+        images = torch.from_numpy(sets["train"].x)
+        loader = [(images[i : i + 64],) for i in range(0, len(images), 64)]
+        torch.optim.swa_utils.update_bn(loader, model)
+        return snapshot(model.state_dict())
+
     def auc(p: np.ndarray) -> float:
         return round(compute_metrics(test.y, p, names).auc, 4)
 
@@ -142,9 +151,13 @@ def main() -> None:
     for k in (1, 3, 5, 8):
         for name, key in (("auc", lambda e: val[e].val_auc), ("loss", lambda e: -val[e].val_loss)):
             chosen = best_epochs(key, epochs, k)
-            rules[f"{name}_top{k}"] = auc(probs(average([states[e - 1] for e in chosen])))
+            soup = average([states[e - 1] for e in chosen])
+            rules[f"{name}_top{k}"] = auc(probs(soup))
+            rules[f"bn_{name}_top{k}"] = auc(probs(recalibrated(soup)))
     for first in (epochs // 3 + 1, epochs // 2 + 1, 2 * epochs // 3 + 1):
-        rules[f"uniform_{first}-{epochs}"] = auc(probs(average(states[first - 1 :])))
+        soup = average(states[first - 1 :])
+        rules[f"uniform_{first}-{epochs}"] = auc(probs(soup))
+        rules[f"bn_uniform_{first}-{epochs}"] = auc(probs(recalibrated(soup)))
     top5 = best_epochs(lambda e: val[e].val_auc, epochs, 5)
     rules["ens_auc_top5"] = auc(np.mean([per_epoch[e] for e in top5], axis=0))
     shifts = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from medops.config import CONFIG_FILE, MedopsConfig, load_config, render_template
 from medops.config.schema import PROJECT_NAME
 from medops.errors import ConfigError
-from medops.storage import StateStore, local_path, sqlalchemy_url
+from medops.storage import EventKind, StateStore, local_path, sqlalchemy_url
 
 if TYPE_CHECKING:  # torch and MLflow load only when a command needs them
     from medops.data.ingest import IngestReport, IngestSettings
@@ -242,7 +242,7 @@ def import_local(project: Project, path: Path) -> dict[str, Any]:
                           "DICOM/PNG/JPEG images, an s3:// or http(s):// URI, or --source NAME")
     items = list(source.list_items())
     new, changed = project.state.upsert_items(items)
-    project.state.add_event("data.arrived", {"source": source.name, "new": new,
+    project.state.add_event(EventKind.DATA_ARRIVED, {"source": source.name, "new": new,
                                              "changed": changed})
     quarantined = sum(1 for i in items if i.status.value == "quarantined")
     return {"source": source.name, "items": len(items), "new": new, "changed": changed,

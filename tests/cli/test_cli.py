@@ -126,6 +126,13 @@ def test_data_import_npz_and_ls(tmp_path: Path, shared_data: Path) -> None:
     assert json.loads(out)["sources"] == {"npz:breastmnist_28.npz": {"pending": 780}}
     code, out = medops("data", "import", str(tmp_path / "missing.npz"), "-C", str(tmp_path))
     assert code == 2 and "cannot import" in out
+    # the import is announced to the agent; the event log is filtered by a known kind only
+    code, out = medops("events", "ls", "--kind", "data.arrived", "-C", str(tmp_path), "--json")
+    assert [(e["kind"], e["payload"]["new"]) for e in json.loads(out)] == [("data.arrived", 780)]
+    code, out = medops("events", "ls", "--kind", "model.deployed", "-C", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out) == []
+    code, out = medops("events", "ls", "--kind", "data-arrived", "-C", str(tmp_path))
+    assert code == 2 and "data.arrived" in out and "drift.detected" in out
 
 
 @pytest.mark.slow

@@ -134,7 +134,7 @@ def test_ingest_remote_selects_deidentifies_and_lands(
     db = _db_bytes(url)
     assert b"Zebrafinch" not in db and b"MRN-7731" not in db and b"Philomena" not in db
 
-    events = state.events("data.arrived")
+    events = state.event_log("data.arrived")
     assert len(events) == 3  # one per poll that moved the cursor
     assert sum(e.payload["new"] for e in events) == 7
 
@@ -151,7 +151,7 @@ def test_resume_after_a_crash_adds_no_duplicates(
     with pytest.raises(ConnectionError):
         ingest_remote(crashing, state, landing, settings)
     assert state.get_cursor("pacs") == "2"  # not past what was fetched
-    assert len(state.events("data.arrived")) == 1
+    assert len(state.event_log("data.arrived")) == 1
     partial = len(state.items(source="pacs"))
     assert partial >= 2  # poll 1, and what poll 2 fetched before the failure, are indexed
 
@@ -174,7 +174,7 @@ def test_resume_after_a_crash_adds_no_duplicates(
     assert source.polled[0] == "4" and report.cursor == "8"
     items = state.items(source="pacs")
     assert len(items) == 7 and len({(i.uri, i.frame) for i in items}) == 7
-    events = state.events("data.arrived")
+    events = state.event_log("data.arrived")
     assert len(events) == 4  # one per page, none twice
     assert len(list((landing / "pacs").iterdir())) == 5
     assert not list((landing / "pacs").glob(".*.tmp"))
@@ -196,7 +196,7 @@ def test_ingest_files_for_push_sources(settings: IngestSettings, tmp_path: Path)
     assert items[0].patient_id == items[1].patient_id  # one patient, one pseudonym
     again = ingest_files(files, "scp", state, tmp_path / "landing", settings, label="x")
     assert (again.new, again.events) == (0, 0)
-    assert len(state.events("data.arrived")) == 1
+    assert len(state.event_log("data.arrived")) == 1
 
 
 def test_deid_off_keeps_files_as_they_came(tmp_path: Path) -> None:

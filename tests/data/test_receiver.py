@@ -224,7 +224,7 @@ def test_several_associations_store_and_series_are_ingested(
             ds = pydicom.dcmread(item.uri)
             assert ds.SOPInstanceUID not in {str(pydicom.dcmread(p).SOPInstanceUID)
                                              for p in sent}
-        arrived = state.events("data.arrived")
+        arrived = state.event_log("data.arrived")
         assert sum(e.payload["new"] for e in arrived) == len(sent)
     finally:
         state.close()

@@ -42,7 +42,7 @@ def test_shifted_traffic_raises_one_event_per_window_and_a_report(
     assert result.status is MonitorStatus.DRIFT and result.detected
     assert "intensity" in result.reasons and result.n_current == 80
     assert result.event_id is not None
-    events = ws.state.events("drift.detected")
+    events = ws.state.event_log("drift.detected")
     mine = [e for e in events if e.payload["window_end"] == end.isoformat()]
     assert len(mine) == 1
     payload = mine[0].payload
@@ -53,7 +53,7 @@ def test_shifted_traffic_raises_one_event_per_window_and_a_report(
 
     again = run_monitor(ws, window="2h", now=end)  # the agent's retry of the same slot
     assert again.detected and again.event_id is None
-    assert len([e for e in ws.state.events("drift.detected")
+    assert len([e for e in ws.state.event_log("drift.detected")
                 if e.payload["window_end"] == end.isoformat()]) == 1
 
     report = Path(str(result.report))
@@ -97,7 +97,7 @@ def test_feedback_showing_wrong_answers_is_a_quality_drop(monitored: Monitored) 
     assert result.detected and result.reasons == ["quality"]
     assert result.quality is not None and result.quality.live["accuracy"] == 0.0
     assert "accuracy" in {c.name for c in result.quality.degraded}
-    event = ws.state.events("drift.detected")[0]
+    event = ws.state.event_log("drift.detected")[0]
     assert event.id == result.event_id and event.payload["reasons"] == ["quality"]
 
 

@@ -78,10 +78,11 @@ def test_approve_reject_rollback_move_the_alias_and_answer_live_at_t(
     assert lc.live_at(naive).version == "2"  # type: ignore[union-attr]
 
     # Every champion move is an event the server and the agent can react to.
-    deployed = [e.payload for e in state.events("model.deployed") if e.payload["name"] == "lc-main"]
+    deployed = [e.payload for e in state.event_log("model.deployed")
+                if e.payload["name"] == "lc-main"]
     assert [(p["version"], p["previous"], p["action"]) for p in reversed(deployed)] == \
         [("1", None, "approve"), ("2", "1", "approve"), ("1", "2", "rollback")]
-    approved = [e.payload["version"] for e in state.events("model.approved")
+    approved = [e.payload["version"] for e in state.event_log("model.approved")
                 if e.payload["name"] == "lc-main"]
     assert sorted(approved) == ["1", "2"]
 

@@ -80,7 +80,7 @@ def test_events_are_deduplicated_by_idempotency_key(store: StateStore) -> None:
     assert first is not None and first.id is not None
     assert store.add_event("data.arrived", {"n": 1}, idempotency_key="k1") is None
     store.add_event("run.requested", {})
-    assert [e.kind for e in store.events()] == ["run.requested", "data.arrived"]
+    assert [e.kind for e in store.event_log()] == ["run.requested", "data.arrived"]
 
 
 def test_keyed_events_are_one_series_up_to_an_event(store: StateStore) -> None:

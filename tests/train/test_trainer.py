@@ -29,9 +29,10 @@ from medops.train.ema import WeightEMA
 from medops.train.scoring import auc_score
 
 # one thread: on a small shared machine OpenMP threads that spin-wait on each other cost more
-# average_best=1: these tests check the best epoch's weights are the ones returned
+# average_best=1, recalibrate_bn=False: these tests check the best epoch's weights (batch-norm
+# statistics included) are the ones returned; tests/train/test_batchnorm.py checks the statistics
 FAST = TrainConfig(epochs=3, batch_size=32, lr=3e-3, patience=3, device=Device.CPU, num_threads=1,
-                   average_best=1)
+                   average_best=1, recalibrate_bn=False)
 
 
 def test_learns_and_reports_every_epoch(

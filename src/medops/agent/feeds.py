@@ -18,11 +18,9 @@ from typing import Any
 from medops.config.schema import MedopsConfig
 from medops.data.sources import FolderSource
 from medops.errors import DependencyMissingError
-from medops.storage import Item, ItemStatus, StateStore
+from medops.storage import EventKind, Item, ItemStatus, StateStore
 
 log = logging.getLogger(__name__)
-
-DATA_ARRIVED = "data.arrived"
 
 
 def import_files(source: FolderSource, state: StateStore, items: list[Item]) -> bool:
@@ -39,7 +37,7 @@ def import_files(source: FolderSource, state: StateStore, items: list[Item]) -> 
         return False
     digest = hashlib.sha256("\n".join(pending).encode()).hexdigest()[:24]
     payload = {"source": "folder", "new": new, "changed": changed, "pending": len(pending)}
-    return state.add_event(DATA_ARRIVED, payload, f"folder:{digest}") is not None
+    return state.add_event(EventKind.DATA_ARRIVED, payload, f"folder:{digest}") is not None
 
 
 class FolderWatch:

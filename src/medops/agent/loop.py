@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from medops.agent.feeds import FolderWatch, poll_sources
 from medops.agent.newdata import NewData, count_new_items
-from medops.agent.notify import RUN_FINISHED, Notifier
+from medops.agent.notify import Notifier
 from medops.agent.policy import TRIGGER_EVENTS, Decision, Policy, Verdict
 from medops.agent.runs import RunProcess, run_context, warm_up
 from medops.agent.schedule import Schedule, ScheduledJob, slot_key
@@ -42,6 +42,7 @@ from medops.errors import PipelineError
 from medops.storage import (
     DecisionStatus,
     EventDecision,
+    EventKind,
     EventRecord,
     RunRecord,
     RunStatus,
@@ -192,7 +193,7 @@ class Agent:
     def _fire(self, name: str) -> Callable[[datetime], None]:
         def fire(slot: datetime) -> None:
             at = slot.isoformat(timespec="milliseconds")
-            if self.state.add_event("schedule.fired", {"schedule": name, "at": at},
+            if self.state.add_event(EventKind.SCHEDULE_FIRED, {"schedule": name, "at": at},
                                     slot_key(name, slot)):
                 log.info("schedule %r fired for %s", name, at)
 
@@ -396,7 +397,8 @@ class Agent:
 
     def _close(self, record: RunRecord) -> None:
         """The run ended: announce it (run.finished), then release its events."""
-        self.state.add_event(RUN_FINISHED, run_summary(record), f"{RUN_FINISHED}:{record.id}")
+        self.state.add_event(EventKind.RUN_FINISHED, run_summary(record),
+                             f"{EventKind.RUN_FINISHED}:{record.id}")
         self.state.release_claims(record.id)
         for event_id in [i for i, e in self._pending.items()
                          if e.decision and e.decision.run_id == record.id]:
@@ -487,4 +489,4 @@ def request_run(state: Any, reason: str | None = None, by: str | None = None,
     import uuid
 
     payload = {k: v for k, v in (("reason", reason), ("by", by)) if v}
-    return state.add_event("run.requested", payload, key or f"request:{uuid.uuid4().hex}")
+    return state.add_event(EventKind.RUN_REQUESTED, payload, key or f"request:{uuid.uuid4().hex}")

@@ -25,12 +25,11 @@ from typing import Any
 
 from medops.config.agent import NotifyConfig, NotifyOn
 from medops.errors import DependencyMissingError
-from medops.storage import EventRecord, StateStore, drift_series_key
+from medops.storage import EventKind, EventRecord, StateStore, drift_series_key
 
 log = logging.getLogger(__name__)
 
-RUN_FINISHED = "run.finished"
-NOTIFYING_EVENTS = (RUN_FINISHED, "drift.detected", "model.deployed")
+NOTIFYING_EVENTS = (EventKind.RUN_FINISHED, EventKind.DRIFT_DETECTED, EventKind.MODEL_DEPLOYED)
 # Payload keys of drift and deployment events that are safe to repeat: model ids and figures.
 _SAFE_TEXT_KEYS = {"name", "model", "version", "previous", "action", "alias", "test", "metric",
                    "feature", "window", "report_id", "baseline"}
@@ -48,13 +47,13 @@ class Notification:
 def notification_for(event: EventRecord, project: str) -> Notification | None:
     """The message ``event`` calls for, or None."""
     p = event.payload
-    if event.kind == RUN_FINISHED:
+    if event.kind == EventKind.RUN_FINISHED:
         return _for_run(p, project)
-    if event.kind == "drift.detected":
+    if event.kind == EventKind.DRIFT_DETECTED:
         return Notification(NotifyOn.DRIFT_DETECTED, f"[{project}] drift detected",
                             f"drift detected{_details(p)}; the agent decides on retraining "
                             "(`medops events ls --kind drift.detected`)", "warning")
-    if event.kind == "model.deployed":
+    if event.kind == EventKind.MODEL_DEPLOYED:
         version = p.get("version")
         return Notification(NotifyOn.MODEL_DEPLOYED,
                             f"[{project}] model v{version} deployed",

@@ -36,13 +36,10 @@ from medops.config.agent import (
     Trigger,
 )
 from medops.config.enums import StrEnum
-from medops.storage import DecisionStatus, EventRecord
+from medops.storage import DecisionStatus, EventKind, EventRecord
 
-DATA_ARRIVED = "data.arrived"
-DRIFT_DETECTED = "drift.detected"
-RUN_REQUESTED = "run.requested"
-SCHEDULE_FIRED = "schedule.fired"
-TRIGGER_EVENTS = (DATA_ARRIVED, DRIFT_DETECTED, RUN_REQUESTED, SCHEDULE_FIRED)
+TRIGGER_EVENTS = (EventKind.DATA_ARRIVED, EventKind.DRIFT_DETECTED, EventKind.RUN_REQUESTED,
+                  EventKind.SCHEDULE_FIRED)
 T = TypeVar("T")
 
 
@@ -83,11 +80,12 @@ class Policy:
         self.cooldown = timedelta(seconds=agent.cooldown)
 
     def trigger_for(self, event: EventRecord) -> Trigger | None:
+        kind = event.kind
         for t in self.triggers:
-            if ((event.kind == DATA_ARRIVED and isinstance(t, DataArrivedTrigger))
-                    or (event.kind == DRIFT_DETECTED and isinstance(t, DriftTrigger))
-                    or (event.kind == RUN_REQUESTED and isinstance(t, RunRequestedTrigger))
-                    or (event.kind == SCHEDULE_FIRED and isinstance(t, ScheduleTrigger)
+            if ((kind == EventKind.DATA_ARRIVED and isinstance(t, DataArrivedTrigger))
+                    or (kind == EventKind.DRIFT_DETECTED and isinstance(t, DriftTrigger))
+                    or (kind == EventKind.RUN_REQUESTED and isinstance(t, RunRequestedTrigger))
+                    or (kind == EventKind.SCHEDULE_FIRED and isinstance(t, ScheduleTrigger)
                         and event.payload.get("schedule") == t.key)):
                 return t
         return None
@@ -108,7 +106,7 @@ class Policy:
         for event in events:
             assert event.id is not None
             trigger = self.trigger_for(event)
-            scheduled = event.kind == SCHEDULE_FIRED
+            scheduled = event.kind == EventKind.SCHEDULE_FIRED
             if trigger is None:
                 what = (f"schedule {event.payload.get('schedule')!r}" if scheduled
                         else f"`on: {event.kind}`")
@@ -124,7 +122,7 @@ class Policy:
                     if scheduled else
                     Decision(DecisionStatus.WAITING, Verdict.WAITING,
                              f"run {running} is running; decided again when it ends"))
-            elif cooling_until is not None and event.kind != RUN_REQUESTED:
+            elif cooling_until is not None and event.kind != EventKind.RUN_REQUESTED:
                 reason = f"cooldown after the last run, until {when(cooling_until)}"
                 out.decisions[event.id] = (
                     Decision(DecisionStatus.HANDLED, Verdict.SKIPPED, reason) if scheduled
@@ -212,12 +210,12 @@ def _once(read: Callable[[], T]) -> Callable[[], T]:
 
 
 def _why(event: EventRecord) -> str:
-    if event.kind == SCHEDULE_FIRED:
+    if event.kind == EventKind.SCHEDULE_FIRED:
         return f"schedule {event.payload.get('schedule')!r} fired"
-    if event.kind == RUN_REQUESTED:
+    if event.kind == EventKind.RUN_REQUESTED:
         by = event.payload.get("by")
         return f"requested by {by}" if by else "requested"
-    if event.kind == DRIFT_DETECTED and event.payload.get("version") is not None:
+    if event.kind == EventKind.DRIFT_DETECTED and event.payload.get("version") is not None:
         reasons = event.payload.get("reasons")
         what = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons \
             else ""

@@ -12,6 +12,7 @@ import typer
 
 from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
 from medops.cli.render import console, print_json
+from medops.config.enums import EventKind
 
 if TYPE_CHECKING:  # the agent's modules load when a command needs them
     from medops.agent import MonitorJob
@@ -85,7 +86,7 @@ def request(project: Path | None = ProjectOpt,
 @events_app.command("ls")
 @handle_errors
 def events_ls(project: Path | None = ProjectOpt,
-              kind: str | None = typer.Option(None, help="Only this kind, e.g. data.arrived."),
+              kind: EventKind | None = typer.Option(None, help="Only events of this kind."),
               limit: int = 50, json_out: bool = JsonOpt) -> None:
     """Events, newest first, with the agent's decision and its reason."""
     from rich.table import Table

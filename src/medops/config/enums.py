@@ -98,3 +98,15 @@ class Step(StrEnum):
     EVALUATE = "evaluate"
     GATE = "gate"
     REGISTER = "register"
+
+
+class EventKind(StrEnum):
+    """What an event of the state store's log says happened (stored as its value)."""
+
+    DATA_ARRIVED = "data.arrived"
+    SCHEDULE_FIRED = "schedule.fired"
+    RUN_REQUESTED = "run.requested"
+    RUN_FINISHED = "run.finished"
+    DRIFT_DETECTED = "drift.detected"
+    MODEL_APPROVED = "model.approved"
+    MODEL_DEPLOYED = "model.deployed"

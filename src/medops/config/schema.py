@@ -137,6 +137,8 @@ class TrainConfig(_Strict):
     # the returned weights average those of this many best-validated epochs (at most epochs // 4;
     # 1: the best alone)
     average_best: int = Field(5, ge=1, le=20)
+    # recompute the batch-norm statistics of the returned (averaged) weights on the training set
+    recalibrate_bn: bool = True
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
 
 

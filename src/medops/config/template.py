@@ -63,6 +63,7 @@ train:
   class_weighting: true   # inverse-frequency class weights for imbalanced data
   ema_epochs: {ema_epochs}         # validate/keep an average of the weights over ~this many epochs
   average_best: {average_best}         # model = mean weights of the N best epochs (<= epochs/4)
+  recalibrate_bn: true    # then measure its batch-norm statistics again on the training set
 
 gate:
   metric: auc             # auc, accuracy, balanced_accuracy, f1_macro

@@ -37,12 +37,11 @@ from medops.data.items import items_for_file
 from medops.data.selection import Selection
 from medops.data.sources.remote import RemoteObject, RemoteSource
 from medops.errors import DataError, UnreadableImageError, UnsupportedImageError
-from medops.storage.records import Item, ItemStatus
+from medops.storage.records import EventKind, Item, ItemStatus
 from medops.storage.state import StateStore
 
 log = logging.getLogger(__name__)
 
-DATA_ARRIVED = "data.arrived"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -105,7 +104,8 @@ def ingest_files(files: Iterable[tuple[str, bytes]], source_name: str, state: St
     _store(state, items, report)
     if report.new or report.changed:
         digest = hashlib.sha256("\n".join(sorted(i.key for i in items)).encode()).hexdigest()
-        if state.add_event(DATA_ARRIVED, _payload(report), _key(source_name, "batch", digest)):
+        key = _key(source_name, "batch", digest)
+        if state.add_event(EventKind.DATA_ARRIVED, _payload(report), key):
             report.events += 1
     return report
 
@@ -138,14 +138,14 @@ def ingest_remote(source: RemoteSource, state: StateStore, landing_dir: Path,
             total.add(report)
         moved = result.cursor is not None and result.cursor != cursor
         if moved:
-            if state.add_event(DATA_ARRIVED, _payload(report),
+            if state.add_event(EventKind.DATA_ARRIVED, _payload(report),
                                _key(source.name, "cursor", result.cursor or "")):
                 total.events += 1
             state.set_cursor(source.name, result.cursor or "")
             total.cursor = result.cursor
         elif items and (report.new or report.changed):
             digest = hashlib.sha256("\n".join(sorted(i.key for i in items)).encode())
-            if state.add_event(DATA_ARRIVED, _payload(report),
+            if state.add_event(EventKind.DATA_ARRIVED, _payload(report),
                                _key(source.name, "batch", digest.hexdigest())):
                 total.events += 1
         if not result.more:
@@ -262,7 +262,7 @@ def _payload(report: IngestReport) -> dict[str, Any]:
 
 def _key(source: str, what: str, value: str) -> str:
     digest = hashlib.sha256(f"{source}\0{what}\0{value}".encode()).hexdigest()[:40]
-    return f"{DATA_ARRIVED}:{digest}"
+    return f"{EventKind.DATA_ARRIVED}:{digest}"
 
 
 def _safe(name: str) -> str:

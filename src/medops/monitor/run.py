@@ -29,7 +29,7 @@ from medops.monitor.capture import CaptureStore
 from medops.monitor.drift import DriftReport, compare
 from medops.monitor.features import extract, informative
 from medops.monitor.quality import QualityReport, assess
-from medops.storage import StateStore, drift_series_key
+from medops.storage import EventKind, StateStore, drift_series_key
 from medops.storage.monitoring import MonitorRecord, MonitorResults
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DRIFT_DETECTED = "drift.detected"
 
 
 class MonitorWorkspace(Protocol):
@@ -209,7 +208,7 @@ def _event(state: StateStore, out: MonitorResult, seconds: float) -> int | None:
     if out.quality is not None and out.quality.degraded:
         payload["metric"] = out.quality.degraded[0].name
     key = drift_series_key(out.model, out.version) + out.window_end.isoformat()
-    event = state.add_event(DRIFT_DETECTED, payload, idempotency_key=key)
+    event = state.add_event(EventKind.DRIFT_DETECTED, payload, idempotency_key=key)
     return event.id if event is not None else None
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from medops.errors import ConfigError, NotFoundError, SignOffError
 from medops.registry.registry import CHAMPION, ModelRegistry, ModelVersionInfo
-from medops.storage import DeploymentRecord, StateStore
+from medops.storage import DeploymentRecord, EventKind, StateStore
 from medops.storage.state import utcnow
 
 #: The actor recorded when ``registry.approval: auto`` promotes a version that passed its gate.
@@ -94,7 +94,7 @@ class ModelLifecycle:
         target = f"{self.name}/{info.version}"
         self.state.audit("model.approved", by, target, {"note": note, "previous": previous,
                                                         "action": action})
-        self.state.add_event("model.approved", {"name": self.name, "version": info.version,
+        self.state.add_event(EventKind.MODEL_APPROVED, {"name": self.name, "version": info.version,
                                                 "actor": by},
                              idempotency_key=f"model.approved:{self.name}:{deployment.id}")
         self._deployed_event(deployment, previous)
@@ -197,7 +197,7 @@ class ModelLifecycle:
             raise
 
     def _deployed_event(self, d: DeploymentRecord, previous: str | None) -> None:
-        self.state.add_event("model.deployed", {
+        self.state.add_event(EventKind.MODEL_DEPLOYED, {
             "name": self.name, "version": d.version, "previous": previous,
             "action": d.action, "actor": d.actor, "alias": CHAMPION,
         }, idempotency_key=f"model.deployed:{self.name}:{d.id}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from medops.config.enums import StrEnum
+from medops.config.enums import EventKind, StrEnum
 
 
 class RunStatus(StrEnum):
@@ -96,12 +96,12 @@ class RunRecord:
 def drift_series_key(model: str, version: object) -> str:
     """The idempotency-key prefix of one model version's ``drift.detected`` events: the
     monitor's key is this plus the checked window's end, so a window is reported once."""
-    return f"drift.detected:{model}:{version}:"
+    return f"{EventKind.DRIFT_DETECTED}:{model}:{version}:"
 
 
 @dataclass
 class EventRecord:
-    kind: str
+    kind: str  # an EventKind value; a plain string so rows of a newer medops still load
     payload: dict[str, Any]
     created_at: datetime
     idempotency_key: str | None = None

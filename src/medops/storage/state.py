@@ -426,7 +426,7 @@ class StateStore:
         """Store an event durably. A duplicate idempotency key stores nothing: returns None."""
         try:
             with self._tx() as s:
-                row = _Event(kind=kind, payload=payload, idempotency_key=idempotency_key,
+                row = _Event(kind=str(kind), payload=payload, idempotency_key=idempotency_key,
                              created_at=utcnow())
                 s.add(row)
                 s.flush()
@@ -434,13 +434,6 @@ class StateStore:
                                    idempotency_key=idempotency_key, id=row.id)
         except IntegrityError:
             return None
-
-    def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
-        with self._tx() as s:
-            q = select(_Event).order_by(_Event.id.desc()).limit(limit)
-            if kind:
-                q = q.where(_Event.kind == kind)
-            return [_event_record(e) for e in s.scalars(q)]
 
     def keyed_events(self, key_prefix: str, up_to_id: int) -> list[EventRecord]:
         """Events whose idempotency key starts with ``key_prefix`` (one series, such as one
@@ -497,13 +490,13 @@ class StateStore:
     def unnotified_events(self, kinds: Sequence[str], limit: int = 1000) -> list[EventRecord]:
         """Decided events of ``kinds`` whose notification was not sent yet, oldest first."""
         return self._events_joined(
-            lambda q: q.where(_Event.kind.in_(list(kinds)),
+            lambda q: q.where(_Event.kind.in_([str(k) for k in kinds]),
                               _EventDecision.notified.is_(False)).order_by(_Event.id), limit)
 
     def event_log(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         """Events, newest first, each with the agent's decision when there is one."""
         return self._events_joined(
-            lambda q: (q.where(_Event.kind == kind) if kind else q).order_by(_Event.id.desc()),
+            lambda q: (q.where(_Event.kind == str(kind)) if kind else q).order_by(_Event.id.desc()),
             limit)
 
     def run_ids(self, status: RunStatus) -> list[str]:

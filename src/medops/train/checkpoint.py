@@ -61,7 +61,8 @@ def fingerprint(
     payload = {
         "format": FORMAT_VERSION,
         "spec": dict(spec),
-        "train": cfg.model_dump(mode="json", exclude={"device", "num_threads"}),
+        # applied to the result after training, from the checkpoint: a change needs no retraining
+        "train": cfg.model_dump(mode="json", exclude={"device", "num_threads", "recalibrate_bn"}),
         "model": model_cfg.model_dump(mode="json"),
         "n_train": len(train[1]),
         "n_val": len(val[1]),

@@ -12,7 +12,9 @@ scored on the validation set. The weights returned are the average of the weight
 dozen images the single best epoch is partly chance, and the average of the few best is steadier
 and scores higher on held-out data; docs/benchmarks.md), at most a quarter of ``train.epochs`` of
 them: in a short run the early epochs are far from the final weights, and averaging them in
-spoils the model. Training stops after ``train.patience`` epochs in which no epoch joined those
+spoils the model. With ``train.recalibrate_bn`` the batch-norm statistics of the returned
+weights are then measured again on the training images (:mod:`medops.train.batchnorm`).
+Training stops after ``train.patience`` epochs in which no epoch joined those
 best (when one epoch is kept, the classic rule: no better score).
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
@@ -47,6 +49,7 @@ from medops.config.schema import ModelConfig, TrainConfig
 from medops.errors import DataError, TrainingError
 from medops.train.architectures import Classifier, ModelSpec, build_model
 from medops.train.augment import BatchAugmenter
+from medops.train.batchnorm import recalibrate_batch_norm
 from medops.train.checkpoint import (
     CHECKPOINT_FILE,
     FORMAT_VERSION,
@@ -477,6 +480,13 @@ class _Run:
         model = self.model
         if self.kept:
             model.load_state_dict(self._averaged())
+        if self.cfg.recalibrate_bn:
+            used = recalibrate_batch_norm(
+                model, self.train.x, device=self.device, memory_format=self.memory_format,
+                batch_size=max(self.cfg.batch_size, 2), seed=self.cfg.seed,
+            )
+            if used:
+                log.info("batch-norm statistics recomputed on %d training images", used)
         model.to("cpu")
         model.to(memory_format=torch.contiguous_format)
         model.eval()

@@ -16,12 +16,12 @@ from pydicom import dcmread
 
 from medops.config.schema import DataConfig
 from medops.config.sources import DicomwebSourceConfig, S3SourceConfig
-from medops.data.ingest import DATA_ARRIVED, IngestSettings, ingest_remote
+from medops.data.ingest import IngestSettings, ingest_remote
 from medops.data.sources.dicomweb import DicomwebSource
 from medops.data.sources.factory import make_remote_source
 from medops.data.sources.remote import RemoteObject
 from medops.errors import DataError
-from medops.storage.records import ItemStatus
+from medops.storage.records import EventKind, ItemStatus
 from medops.storage.state import StateStore
 from tests.samples import pydicom_file
 from tests.servers.orthanc import OrthancServer, running_orthanc, start_orthanc
@@ -68,19 +68,19 @@ def test_s3_prefix_through_the_ingester(moto_endpoint: str, tmp_path: Path, stat
     assert sorted(i.label or "" for i in items if i.status is not ItemStatus.QUARANTINED) == [
         "a", "a", "b", "b"]
     assert state.get_cursor("bucket") == first.cursor is not None
-    assert len(state.events(DATA_ARRIVED)) >= 1
-    events = len(state.events(DATA_ARRIVED))
+    assert len(state.event_log(EventKind.DATA_ARRIVED)) >= 1
+    events = len(state.event_log(EventKind.DATA_ARRIVED))
 
     second = ingest_remote(source, state, landing, settings)
     assert (second.files, second.new) == (0, 0)
     assert state.get_cursor("bucket") == first.cursor
-    assert len(state.events(DATA_ARRIVED)) == events  # nothing new: nothing announced
+    assert len(state.event_log(EventKind.DATA_ARRIVED)) == events  # nothing new: nothing announced
 
     client.put_object(Bucket=bucket, Key="scans/a/CT_small.dcm", Body=_bytes(DICOM[4]))
     client.put_object(Bucket=bucket, Key="scans/c/new.dcm", Body=_bytes("examples_overlay.dcm"))
     third = ingest_remote(source, state, landing, settings)
     assert (third.files, third.new) == (2, 2)
-    assert len(state.events(DATA_ARRIVED)) > events
+    assert len(state.event_log(EventKind.DATA_ARRIVED)) > events
     assert state.get_cursor("bucket") == third.cursor != first.cursor
 
 

@@ -22,7 +22,7 @@ from medops.cli.demo.timeline import Timeline, decided
 from medops.cli.render import console
 from medops.demo.synthetic import NEW_DETECTOR, make_synthetic_dataset
 from medops.project import Project
-from medops.storage import EventRecord, RunRecord, RunStatus
+from medops.storage import EventKind, EventRecord, RunRecord, RunStatus
 
 MIN_NEW_ITEMS = 50  # new labelled images a drift alarm needs before it retrains
 # What the loop needs in medops.yaml (written there, so `medops agent` in the folder behaves
@@ -66,7 +66,7 @@ def run_loop(project: Project, timeline: Timeline) -> None:
             image.path.replace(raw / image.label / image.path.name)
         timeline.mark("new data", f"{len(incoming.images)} labelled images from a new detector "
                                   "(narrower dynamic range, 3x the noise) landed in data/raw")
-        for event in (until(lambda: _decided(project, "data.arrived"), 60) or [])[:1]:
+        for event in (until(lambda: _decided(project, EventKind.DATA_ARRIVED), 60) or [])[:1]:
             _say(event)
         sent = make_synthetic_dataset(project.root / "traffic", n_patients=_TRAFFIC_PATIENTS,
                                       seed=2, first_patient=201, acquisition=NEW_DETECTOR,
@@ -82,7 +82,7 @@ def run_loop(project: Project, timeline: Timeline) -> None:
 
 
 def _follow(project: Project, timeline: Timeline, server: DemoServer, traffic: Traffic) -> None:
-    drift = until(lambda: _decided(project, "drift.detected", "started"), 180)
+    drift = until(lambda: _decided(project, EventKind.DRIFT_DETECTED, "started"), 180)
     if not drift:
         console.print("[yellow]no retraining started within 3 minutes[/yellow]; the agent's "
                       "decisions: `medops events ls`", highlight=False)
@@ -111,7 +111,7 @@ def _follow(project: Project, timeline: Timeline, server: DemoServer, traffic: T
     after = len(traffic.answers)
     until(lambda: len(traffic.answers) >= after + 8 or None, 30)  # a few answers past it
     # The agent records the deployment within a poll or two: the timeline shows its decision.
-    until(lambda: [e for e in _decided(project, "model.deployed")
+    until(lambda: [e for e in _decided(project, EventKind.MODEL_DEPLOYED)
                     if e.payload.get("version") == version], 10)
 
 
@@ -130,7 +130,7 @@ def _watch_run(project: Project, run_id: str) -> RunRecord | None:
         # The end is the agent's run.finished, not the status: an interrupted run resumes.
         if record.status is not RunStatus.RUNNING and any(
                 e.payload.get("run_id") == run_id
-                for e in project.state.event_log("run.finished", 20)):
+                for e in project.state.event_log(EventKind.RUN_FINISHED, 20)):
             return record
         time.sleep(0.5)
     console.print(f"[yellow]run {run_id} is still going after 15 minutes[/yellow]; "

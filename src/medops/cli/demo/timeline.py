@@ -9,11 +9,10 @@ from typing import Any
 
 from rich.table import Table
 
+from medops.agent.policy import TRIGGER_EVENTS
 from medops.cli.render import console
 from medops.project import Project
-from medops.storage import EventDecision, EventRecord, RunRecord
-
-_TRIGGERS = ("data.arrived", "drift.detected", "run.requested", "schedule.fired")
+from medops.storage import EventDecision, EventKind, EventRecord, RunRecord
 
 
 @dataclass
@@ -43,7 +42,7 @@ def timeline_table(project: Project, timeline: Timeline) -> Table:
     for run in project.state.list_runs(50):
         rows += _run_rows(run)
     for event in project.state.event_log(None, 1000):
-        if event.kind != "run.finished":  # the run's own rows say it, with its figures
+        if event.kind != EventKind.RUN_FINISHED:  # the run's own rows say it, with its figures
             rows.append(_event_row(event))
     rows = sorted((r for r in rows if _utc(r.at) >= timeline.started), key=lambda r: _utc(r.at))
     table = Table(title="timeline", show_lines=False)
@@ -97,22 +96,22 @@ def _run_rows(run: RunRecord) -> list[_Row]:
 
 def _event_row(e: EventRecord) -> _Row:
     p, d = e.payload, e.decision
-    if e.kind == "data.arrived":
+    if e.kind == EventKind.DATA_ARRIVED:
         detail = f"{p.get('new', '?')} new file(s) from the {p.get('source', '?')} source"
-    elif e.kind == "drift.detected":
+    elif e.kind == EventKind.DRIFT_DETECTED:
         detail = (f"v{p.get('version')}: {', '.join(p.get('reasons', []))} over "
                   f"{p.get('n_current')} images")
-    elif e.kind == "model.deployed":
+    elif e.kind == EventKind.MODEL_DEPLOYED:
         was = f" (was v{p['previous']})" if p.get("previous") else ""
         detail = f"v{p.get('version')} is the live champion{was}: {p.get('action')}"
-    elif e.kind == "model.approved":
+    elif e.kind == EventKind.MODEL_APPROVED:
         detail = f"v{p.get('version')} approved by {p.get('actor')}"
     else:
         detail = ", ".join(f"{k}={v}" for k, v in sorted(p.items())) or "-"
     group: tuple[Any, ...] | None = None
-    if e.kind in _TRIGGERS and d is not None:
+    if e.kind in TRIGGER_EVENTS and d is not None:
         detail += f" -> {decided(d)}"
-        if e.kind == "drift.detected":
+        if e.kind == EventKind.DRIFT_DETECTED:
             group = (e.kind, p.get("version"), d.decision, d.reason)
     return _Row(e.created_at, e.kind, detail, group)
 
