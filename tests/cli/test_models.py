@@ -76,6 +76,10 @@ def test_sign_off_commands(trained_project: TrainedProject) -> None:
     assert code == 2 and "ISO 8601" in out
     code, _ = medops("models", "approve", "cli-model", "1", "--note", "x", "-C", root)
     assert code == 2
+    for command in (("ls", "cli-modle"), ("history", "cli-modle"),
+                    ("approve", "cli-modle", "1", *sign)):
+        code, out = medops("models", *command, "-C", root)
+        assert code == 4 and "no registered model named 'cli-modle'" in out and "cli-model" in out
 
 
 def test_predict_and_batch_predict(trained_project: TrainedProject, tmp_path: Path) -> None:

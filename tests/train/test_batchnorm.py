@@ -31,15 +31,22 @@ def _recalibrate(model: nn.Module, images: np.ndarray, **kw: int) -> int:
                                   memory_format=torch.contiguous_format, **options)
 
 
+def _statistics(norm: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    assert norm.running_mean is not None and norm.running_var is not None
+    return norm.running_mean, norm.running_var
+
+
 def test_the_statistics_become_those_of_the_images() -> None:
     norm = nn.BatchNorm2d(3)
-    norm.running_mean.fill_(7.0)  # stale statistics, as an average of epochs' ones would be
-    norm.running_var.fill_(9.0)
+    mean, var = _statistics(norm)
+    mean.fill_(7.0)  # stale statistics, as an average of epochs' ones would be
+    var.fill_(9.0)
     images = _images(50)
     assert _recalibrate(norm, images) == 50
     x = torch.from_numpy(images)
-    torch.testing.assert_close(norm.running_mean, x.mean((0, 2, 3)))
-    torch.testing.assert_close(norm.running_var, x.var((0, 2, 3)))  # unbiased, as torch keeps
+    mean, var = _statistics(norm)
+    torch.testing.assert_close(mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(var, x.var((0, 2, 3)))  # unbiased, as torch keeps
     assert not norm.training and norm.momentum == 0.1  # back to inference, momentum restored
 
 
@@ -54,7 +61,7 @@ def test_a_batch_of_one_is_left_out_and_large_sets_are_sampled(
     for seed in (0, 0, 1):
         norm = nn.BatchNorm2d(3)
         assert _recalibrate(norm, images, seed=seed) == 20
-        stats.append(norm.running_mean.clone())
+        stats.append(_statistics(norm)[0].clone())
     torch.testing.assert_close(stats[0], stats[1])  # the sample is seeded
     assert not torch.allclose(stats[0], stats[2])
 

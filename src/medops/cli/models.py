@@ -30,6 +30,7 @@ def _lifecycle(project: Path | None, name: str | None) -> ModelLifecycle:
         registry = proj.registry
     else:
         registry = ModelRegistry(proj.tracker.client, name, proj.artifacts / "models")
+        registry.check_exists()  # the project's own model has no versions before its first run
     return ModelLifecycle(registry, proj.state)
 
 

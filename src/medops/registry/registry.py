@@ -67,6 +67,19 @@ class ModelRegistry:
             raise NotFoundError(f"model {self.name!r} has no version {version!r}") from exc
         return self._info(mv)
 
+    def check_exists(self) -> None:
+        """Raise :class:`NotFoundError` naming the registered models if this one is not one."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            known = sorted(m.name for m in self.client.search_registered_models())
+            raise NotFoundError(
+                f"no registered model named {self.name!r}; registered: "
+                f"{', '.join(known) if known else 'none yet (medops run registers one)'}"
+            ) from exc
+
     def by_alias(self, alias: str) -> ModelVersionInfo | None:
         from mlflow.exceptions import MlflowException
 
