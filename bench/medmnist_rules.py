@@ -41,6 +41,7 @@ from medops.config.enums import Normalize
 from medops.evaluate import compute_metrics
 from medops.train import ArrayData, predict_proba, train_model
 from medops.train import trainer as _trainer
+from medops.train.batchnorm import recalibrate_batch_norm
 from medops.train.checkpoint import snapshot
 
 PATIENCE = 8
@@ -136,9 +137,8 @@ def main() -> None:
 
     def recalibrated(state: State) -> State:
         model.load_state_dict(state)
-        images = torch.from_numpy(sets["train"].x)
-        loader = [(images[i : i + 64],) for i in range(0, len(images), 64)]
-        torch.optim.swa_utils.update_bn(loader, model)
+        recalibrate_batch_norm(model, sets["train"].x, device=torch.device("cpu"),
+                               memory_format=torch.contiguous_format, batch_size=64, seed=0)
         return snapshot(model.state_dict())
 
     def auc(p: np.ndarray) -> float:

@@ -94,9 +94,9 @@ class ModelLifecycle:
         target = f"{self.name}/{info.version}"
         self.state.audit("model.approved", by, target, {"note": note, "previous": previous,
                                                         "action": action})
-        self.state.add_event(EventKind.MODEL_APPROVED, {"name": self.name, "version": info.version,
-                                                "actor": by},
-                             idempotency_key=f"model.approved:{self.name}:{deployment.id}")
+        kind = EventKind.MODEL_APPROVED
+        self.state.add_event(kind, {"name": self.name, "version": info.version, "actor": by},
+                             idempotency_key=f"{kind}:{self.name}:{deployment.id}")
         self._deployed_event(deployment, previous)
         return deployment
 
@@ -200,7 +200,7 @@ class ModelLifecycle:
         self.state.add_event(EventKind.MODEL_DEPLOYED, {
             "name": self.name, "version": d.version, "previous": previous,
             "action": d.action, "actor": d.actor, "alias": CHAMPION,
-        }, idempotency_key=f"model.deployed:{self.name}:{d.id}")
+        }, idempotency_key=f"{EventKind.MODEL_DEPLOYED}:{self.name}:{d.id}")
 
 
 def as_utc(at: datetime) -> datetime:

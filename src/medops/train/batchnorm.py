@@ -40,10 +40,11 @@ def recalibrate_batch_norm(
     The images used; 0 when the model has no batch norm (nothing changes)."""
     if not has_batch_norm(model) or len(images) < 2:
         return 0
+    batch_size = max(batch_size, 2)  # a batch of one image has no batch statistics
     index = np.arange(len(images))
     if len(index) > MAX_IMAGES:
         index = np.sort(np.random.default_rng(seed).choice(index, MAX_IMAGES, replace=False))
-    if len(index) % batch_size == 1:  # a batch of one image has no batch statistics
+    if len(index) % batch_size == 1:  # nor has a last batch of one
         index = index[:-1]
 
     def batches() -> Iterator[torch.Tensor]:

@@ -483,7 +483,7 @@ class _Run:
         if self.cfg.recalibrate_bn:
             used = recalibrate_batch_norm(
                 model, self.train.x, device=self.device, memory_format=self.memory_format,
-                batch_size=max(self.cfg.batch_size, 2), seed=self.cfg.seed,
+                batch_size=self.cfg.batch_size, seed=self.cfg.seed,
             )
             if used:
                 log.info("batch-norm statistics recomputed on %d training images", used)
