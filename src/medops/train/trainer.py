@@ -282,8 +282,17 @@ class _Run:
             log.info("checkpoint %s holds a finished run; not training again", self.path)
             return self._result(resumed, self._stopped_early)
         start = (resumed or 0) + 1
-        stopped_early = False
-        with self._writer.open(), TrainProgress(
+        with self._writer.open():
+            stopped_early = self._train_epochs(start, on_epoch, progress)
+            # the last checkpoint is written while the result is assembled: it holds snapshots,
+            # which averaging and the batch-norm pass do not touch
+            return self._result(resumed, stopped_early)
+
+    def _train_epochs(
+        self, start: int, on_epoch: Callable[[EpochResult], None] | None, progress: bool
+    ) -> bool:
+        """Train from epoch ``start`` to the last or an early stop; whether it stopped early."""
+        with TrainProgress(
             enabled=progress,
             epochs=self.cfg.epochs,
             steps_per_epoch=self.steps_per_epoch,
@@ -304,8 +313,8 @@ class _Run:
                         self.average,
                         self.cfg.patience,
                     )
-                    break
-        return self._result(resumed, stopped_early)
+                    return True
+        return False
 
     def _epoch(self, epoch: int, advance: Callable[[float], None]) -> EpochResult:
         started = time.perf_counter()
