@@ -25,6 +25,7 @@ from medops.train import (
     train_model,
 )
 from medops.train.augment import BatchAugmenter
+from medops.train.checkpoint import kept_file
 from medops.train.ema import WeightEMA
 from medops.train.scoring import auc_score
 
@@ -155,6 +156,35 @@ def test_finished_checkpoint_returns_without_training(
         torch.testing.assert_close(a, b)
 
 
+def _kept_weights(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = torch.load(
+        kept_file(folder / "last.pt", epoch), weights_only=True
+    )["state"]
+    return state
+
+
+def test_a_checkpoint_missing_its_kept_weights_starts_over(
+    tmp_path: Path,
+    tiny_spec: ModelSpec,
+    train_set: ArrayData,
+    val_set: ArrayData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = FAST.model_copy(update={"epochs": 2})
+    first = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    kept_file(tmp_path / "last.pt", first.best_epoch).unlink()
+    again = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    assert again.resumed_from_epoch is None and len(again.history) == 2
+    assert f"last.kept-{first.best_epoch:04d}.pt cannot be read" in caplog.text
+    assert [h.train_loss for h in again.history] == pytest.approx(
+        [h.train_loss for h in first.history], rel=1e-5
+    )  # trained again from scratch, the same way
+
+
 def test_checkpoint_of_another_run_is_ignored(
     tmp_path: Path,
     tiny_spec: ModelSpec,
@@ -257,7 +287,7 @@ def test_the_weight_average_is_validated_and_returned(
     )
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     [kept] = ckpt["kept"]
-    best = kept["state"] if kept["state"] is not None else ckpt["ema"]["state"]
+    best = _kept_weights(tmp_path, kept["epoch"])
     returned = result.model.state_dict()
     for key, value in best.items():
         torch.testing.assert_close(returned[key], value.to(returned[key].dtype))
@@ -294,8 +324,12 @@ def test_the_best_epochs_weights_are_averaged(
     assert result.averaged_epochs == sorted(h.epoch for h in ranked[:2])
     assert result.best_epoch == ranked[0].epoch
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    states = [k["state"] if k["state"] is not None else ckpt["ema"]["state"] for k in ckpt["kept"]]
     assert sorted(k["epoch"] for k in ckpt["kept"]) == result.averaged_epochs
+    # each kept epoch's weights lie beside the checkpoint once; an ousted epoch's are removed
+    assert sorted(p.name for p in tmp_path.glob("last.kept-*.pt")) == [
+        f"last.kept-{e:04d}.pt" for e in result.averaged_epochs
+    ]
+    states = [_kept_weights(tmp_path, e) for e in result.averaged_epochs]
     returned = result.model.state_dict()
     for key, value in returned.items():
         if value.is_floating_point():

@@ -22,10 +22,11 @@ classes present). When the validation set holds fewer than two classes AUC is un
 validation loss decides instead; without a validation set the last epoch is kept.
 
 ``checkpoint_dir/last.pt`` is rewritten (atomically, in the background while the next epoch
-trains) after every epoch, so a killed run started again with the same inputs continues after
-its last written epoch, and a finished one returns at once. Data order, augmentation and mixup
-are drawn from generators seeded by ``(seed, epoch)``, so a resumed run sees the same batches
-as an uninterrupted one (the EMA is in the checkpoint).
+trains) after every epoch, the kept epochs' weights written once each beside it, so a killed
+run started again with the same inputs continues after its last written epoch, and a finished
+one returns at once. Data order, augmentation and mixup are drawn from generators seeded by
+``(seed, epoch)``, so a resumed run sees the same batches as an uninterrupted one (the EMA is
+in the checkpoint).
 """
 
 from __future__ import annotations
@@ -450,16 +451,12 @@ class _Run:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                # this epoch's kept weights are the scored ones above: not written twice
-                "kept": [
-                    {"score": k.score, "epoch": k.epoch,
-                     "state": None if k.epoch == epoch else k.state}
-                    for k in self.kept
-                ],
+                "kept": [{"score": k.score, "epoch": k.epoch} for k in self.kept],
                 "history": [h.to_dict() for h in self.history],
                 "rng": rng_state(),
             },
-            frozen=("kept",),  # copies already, never changed: no snapshot needed
+            # only the epoch that just joined the kept ones is new; its state is a snapshot
+            new_kept={k.epoch: k.state for k in self.kept if k.epoch == epoch},
         )
 
     def _resume(self) -> int | None:
@@ -473,11 +470,7 @@ class _Run:
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
-        self.kept = [
-            _Kept(float(k["score"]), int(k["epoch"]),
-                  k["state"] if k["state"] is not None else snapshot(self._scored()))
-            for k in ckpt["kept"]
-        ]
+        self.kept = [_Kept(float(k["score"]), int(k["epoch"]), k["state"]) for k in ckpt["kept"]]
         set_rng_state(ckpt["rng"])
         self._finished = bool(ckpt["finished"])
         self._stopped_early = bool(ckpt["stopped_early"])
