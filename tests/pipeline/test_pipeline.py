@@ -99,6 +99,8 @@ def test_unchanged_rerun_recomputes_nothing_and_gate_compares_with_champion(
     assert out2["split"]["dataset_version"] == out1["split"]["dataset_version"]
     assert out2["preprocess"]["computed"] == 0
     assert out2["train"]["resumed_from_epoch"] is not None  # the finished checkpoint is reused
+    assert out2["train"]["checkpoint"] == out1["train"]["checkpoint"]
+    assert out2["train"]["checkpoints_removed"] == 0 and Path(out2["train"]["checkpoint"]).is_dir()
 
     # Same model, same test split: it cannot beat the champion, so nothing is registered.
     assert out2["gate"]["passed"] is False

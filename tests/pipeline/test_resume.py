@@ -14,6 +14,7 @@ import pytest
 from medops.demo.synthetic import SyntheticDataset
 from medops.project import Project
 from medops.storage import RunStatus
+from medops.train.checkpoint import CHECKPOINT_FILE
 
 from .conftest import FAST, make_project
 
@@ -37,7 +38,7 @@ def test_kill_9_mid_training_then_resume(project: Project,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     checkpoints = project.artifacts / "checkpoints"
     deadline = time.monotonic() + 240
-    while not list(checkpoints.glob("*/*.pt")):
+    while not list(checkpoints.glob(f"*/{CHECKPOINT_FILE}")):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "training never wrote a checkpoint"
         time.sleep(0.2)

@@ -25,6 +25,7 @@ from medops.train import (
     ModelSpec,
     build_model,
     predict_proba,
+    prune_checkpoints,
     resolve_flip_tta,
     resolve_small_input,
 )
@@ -95,12 +96,16 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
     weights = ctx.run_dir / WEIGHTS
     torch.save(result.model.state_dict(), weights)
+    # this training's checkpoint stays (an unchanged re-run reuses it); finished older ones go
+    pruned = prune_checkpoints(ckpt.parent, keep=ckpt)
+    if pruned:
+        ctx.message(f"removed {len(pruned)} checkpoint(s) of earlier finished trainings")
     return {"weights": str(weights), "spec": spec.to_dict(), "best_epoch": result.best_epoch,
             "best_val_auc": result.best_val_auc, "epochs_run": result.epochs_run,
             "averaged_epochs": result.averaged_epochs,
             "resumed_from_epoch": result.resumed_from_epoch,
             "stopped_early": result.stopped_early, "device": result.device,
-            "checkpoint": str(ckpt)}
+            "checkpoint": str(ckpt), "checkpoints_removed": len(pruned)}
 
 
 def _load_trained(ctx: RunContext) -> Any:

@@ -7,6 +7,7 @@ from medops.train.architectures import (
     resolve_flip_tta,
     resolve_small_input,
 )
+from medops.train.checkpoint import prune_checkpoints
 from medops.train.device import resolve_device
 from medops.train.predict import embed, predict_proba
 from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
@@ -21,6 +22,7 @@ __all__ = [
     "class_weights",
     "embed",
     "predict_proba",
+    "prune_checkpoints",
     "resolve_device",
     "resolve_flip_tta",
     "resolve_small_input",
