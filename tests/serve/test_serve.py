@@ -199,7 +199,13 @@ def test_capture_and_feedback_join(client: httpx.Client, predict_path: str,
                                                                     "application/json"})
     assert r.status_code == 422
 
-    # The CLI import path for labels that arrive as a file.
+    # The CLI import path for labels that arrive as a file. It joins on stored captures, which
+    # the server writes in the background (within about a second): wait for the PNG's.
+    store = CaptureStore.under(served_project.artifacts)
+    deadline = time.monotonic() + 15
+    while png_id not in set(store.read()["request_id"]):
+        assert time.monotonic() < deadline, "the PNG's prediction was never captured"
+        time.sleep(0.1)
     csv_file = tmp_path / "labels.csv"
     csv_file.write_text(f"request_id,label\n{png_id},{loaded.classes[0]}\n")
     result = CliRunner().invoke(app, ["feedback", "import", str(csv_file), "-C",
@@ -207,7 +213,6 @@ def test_capture_and_feedback_join(client: httpx.Client, predict_path: str,
     assert result.exit_code == 0, result.output
     assert "imported 1 labels" in result.output
 
-    store = CaptureStore.under(served_project.artifacts)
     deadline = time.monotonic() + 15
     while True:
         frame = store.read()

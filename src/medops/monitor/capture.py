@@ -178,7 +178,8 @@ class CaptureStore:
                 raise DataError(
                     f"{path}, line {line}: no captured prediction has request_id "
                     f"{item.request_id!r} (image {item.image}); use the request ids of the "
-                    "predict answers (nothing was imported)")
+                    "predict answers, which a server stores within seconds of answering "
+                    "(nothing was imported)")
             if item.label not in classes:
                 raise DataError(f"{path}, line {line}: label {item.label!r} is not one of the "
                                 f"model's classes {classes} (nothing was imported)")
