@@ -1,4 +1,5 @@
-"""Checkpoint folders that can no longer be resumed are removed; resumable ones stay."""
+"""Checkpoints: a kept epoch's weights file that is gone makes the run start over; folders that
+can no longer be resumed are removed, resumable ones stay."""
 
 from __future__ import annotations
 
@@ -49,6 +50,25 @@ def test_finished_and_unreadable_checkpoints_go_interrupted_ones_stay(
     resumed = train_model(tiny_spec, train_set, val_set, FAST.model_copy(update={"epochs": 2}),
                           ModelConfig(), checkpoint_dir=root / "interrupted", progress=False)
     assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == 2
+
+
+def test_a_checkpoint_missing_its_kept_weights_starts_over(
+    tmp_path: Path, tiny_spec: ModelSpec, train_set: ArrayData, val_set: ArrayData,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg = FAST.model_copy(update={"epochs": 2})
+    first = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    kept_file(tmp_path / CHECKPOINT_FILE, first.best_epoch).unlink()
+    again = train_model(
+        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
+    )
+    assert again.resumed_from_epoch is None and len(again.history) == 2
+    assert f"last.kept-{first.best_epoch:04d}.pt cannot be read" in caplog.text
+    assert [h.train_loss for h in again.history] == pytest.approx(
+        [h.train_loss for h in first.history], rel=1e-5
+    )  # trained again from scratch, the same way
 
 
 def test_a_missing_root_removes_nothing(tmp_path: Path) -> None:

@@ -163,28 +163,6 @@ def _kept_weights(folder: Path, epoch: int) -> dict[str, torch.Tensor]:
     return state
 
 
-def test_a_checkpoint_missing_its_kept_weights_starts_over(
-    tmp_path: Path,
-    tiny_spec: ModelSpec,
-    train_set: ArrayData,
-    val_set: ArrayData,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    cfg = FAST.model_copy(update={"epochs": 2})
-    first = train_model(
-        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
-    )
-    kept_file(tmp_path / "last.pt", first.best_epoch).unlink()
-    again = train_model(
-        tiny_spec, train_set, val_set, cfg, ModelConfig(), checkpoint_dir=tmp_path, progress=False
-    )
-    assert again.resumed_from_epoch is None and len(again.history) == 2
-    assert f"last.kept-{first.best_epoch:04d}.pt cannot be read" in caplog.text
-    assert [h.train_loss for h in again.history] == pytest.approx(
-        [h.train_loss for h in first.history], rel=1e-5
-    )  # trained again from scratch, the same way
-
-
 def test_checkpoint_of_another_run_is_ignored(
     tmp_path: Path,
     tiny_spec: ModelSpec,

@@ -228,7 +228,7 @@ def load_checkpoint(path: Path, expected_fingerprint: str) -> dict[str, Any] | N
     except Exception as e:  # a truncated or foreign file: start over rather than fail
         log.warning("ignoring checkpoint %s: it cannot be read (%s)", path, e)
         return None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+    if not _this_format(payload):
         log.warning("ignoring checkpoint %s: written by another medops version", path)
         return None
     if payload.get("fingerprint") != expected_fingerprint:
@@ -287,5 +287,8 @@ def _resumable(path: Path) -> bool:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return False
-    return (isinstance(payload, dict) and payload.get("format") == FORMAT_VERSION
-            and not payload.get("finished"))
+    return _this_format(payload) and not payload.get("finished")
+
+
+def _this_format(payload: Any) -> bool:
+    return isinstance(payload, dict) and payload.get("format") == FORMAT_VERSION
