@@ -11,6 +11,8 @@ in memory, then prints one JSON line: the test AUC of every epoch, and of each r
 - ``uniform_A-B``: the average of the weights of epochs A..B (stochastic weight averaging);
 - ``ens_auc_top5``: the mean of the *probabilities* of the 5 best epochs (a 5-model ensemble);
 - ``tta5_auc_top5``: the default's model with 1-pixel shifts added to its flip TTA (5 views);
+- ``auc_plain_topK``: as ``auc_topK``, but epochs ranked (and early stopping replayed) by the
+  validation AUC of the images alone, without their mirror images (half the validation cost);
 - ``bn_<rule>``: that rule's averaged weights with the batch-norm statistics recomputed on the
   (un-augmented) training images, as stochastic weight averaging does (``update_bn``).
 
@@ -43,6 +45,7 @@ from medops.train import ArrayData, predict_proba, train_model
 from medops.train import trainer as _trainer
 from medops.train.batchnorm import recalibrate_batch_norm
 from medops.train.checkpoint import snapshot
+from medops.train.scoring import auc_score
 
 PATIENCE = 8
 State = dict[str, torch.Tensor]
@@ -141,15 +144,28 @@ def main() -> None:
                                memory_format=torch.contiguous_format, batch_size=64, seed=0)
         return snapshot(model.state_dict())
 
+    def plain_val_auc(state: State) -> float:
+        """Validation AUC of ``state`` without flip TTA (the un-mirrored images only)."""
+        model.load_state_dict(state)
+        model.eval()
+        with torch.inference_mode():
+            logits = model.head(model.backbone(torch.from_numpy(sets["val"].x)))
+        return auc_score(sets["val"].y, torch.softmax(logits, dim=1).numpy())
+
     def auc(p: np.ndarray) -> float:
         return round(compute_metrics(test.y, p, names).auc, 4)
 
     epochs = len(states)
     per_epoch = {e: probs(states[e - 1]) for e in range(1, epochs + 1)}
     val = {h.epoch: h for h in result.history}
+    plain = {e: plain_val_auc(states[e - 1]) for e in range(1, epochs + 1)}
     rules: dict[str, float] = {}
     for k in (1, 3, 5, 8):
-        for name, key in (("auc", lambda e: val[e].val_auc), ("loss", lambda e: -val[e].val_loss)):
+        for name, key in (
+            ("auc", lambda e: val[e].val_auc),
+            ("loss", lambda e: -val[e].val_loss),
+            ("auc_plain", lambda e: plain[e]),
+        ):
             chosen = best_epochs(key, epochs, k)
             soup = average([states[e - 1] for e in chosen])
             rules[f"{name}_top{k}"] = auc(probs(soup))
@@ -168,6 +184,8 @@ def main() -> None:
         "args": {k: v for k, v in vars(args).items() if k not in ("npz", "seed")},
         "train_seconds": round(seconds),
         "test_auc_per_epoch": [auc(p) for p in per_epoch.values()],
+        "val_auc_per_epoch": [round(val[e].val_auc, 4) for e in range(1, epochs + 1)],
+        "plain_val_auc_per_epoch": [round(plain[e], 4) for e in range(1, epochs + 1)],
         "rules": rules,
     }
     print(json.dumps(row, default=str), flush=True)

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from medops.config.schema import ModelConfig
-from medops.train import ArrayData, EpochResult, ModelSpec, prune_checkpoints, train_model
+from medops.train import (
+    ArrayData,
+    EpochResult,
+    ModelSpec,
+    discard_checkpoint,
+    prune_checkpoints,
+    train_model,
+)
 from medops.train.checkpoint import CHECKPOINT_FILE, kept_file
 
 from .test_trainer import FAST
@@ -46,6 +53,11 @@ def test_finished_and_unreadable_checkpoints_go_interrupted_ones_stay(
 
     assert removed == [root / "finished", root / "torn"]
     assert sorted(p.name for p in root.iterdir()) == ["current", "interrupted", "starting"]
+    # a discarded run's checkpoint goes unless it is finished (an unchanged re-run reuses it)
+    assert discard_checkpoint(root / "current") is False
+    assert discard_checkpoint(root / "starting") is True
+    assert discard_checkpoint(root / "gone") is False
+    assert sorted(p.name for p in root.iterdir()) == ["current", "interrupted"]
     # what stays still resumes: the interrupted run continues after its epoch 1
     resumed = train_model(tiny_spec, train_set, val_set, FAST.model_copy(update={"epochs": 2}),
                           ModelConfig(), checkpoint_dir=root / "interrupted", progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from medops.config import Step
 app = typer.Typer(help="MLOps for medical image classifiers.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False,
                   context_settings={"help_option_names": ["-h", "--help"]})
-runs_app = typer.Typer(help="Pipeline runs: list, show, resume.", no_args_is_help=True)
+runs_app = typer.Typer(help="Pipeline runs: list, show, resume, discard.", no_args_is_help=True)
 
 
 def _print_version(value: bool) -> None:
@@ -142,6 +143,41 @@ def runs_resume(run_id: str, project: Path | None = ProjectOpt) -> None:
     with RichReporter() as reporter, interruptible_runner(proj, reporter) as runner:
         record = runner.resume(run_id)
     console.print(run_detail(record))
+
+
+@runs_app.command("discard")
+@handle_errors
+def runs_discard(run_id: str,
+                 by: str | None = typer.Option(None, "--by", help="Who discards it, for the "
+                                               "audit log (default: the login name)."),
+                 project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Give up an interrupted or failed run: it can no longer be resumed, and its unfinished
+    training checkpoint is deleted (its record and reports stay).
+
+    Example: medops runs discard run-20261201-033738
+    """
+    from medops.pipeline import discard_run
+
+    done = discard_run(_project(project), run_id, by or _login())
+    if json_out:
+        print_json({"run": run_to_dict(done.run), "checkpoint": str(done.checkpoint)
+                    if done.checkpoint else None, "checkpoint_removed": done.removed,
+                    "checkpoint_kept_because": done.kept_because})
+        return
+    console.print(f"run {done.run.id} discarded", highlight=False)
+    if done.removed:
+        console.print(f"removed its unfinished training checkpoint {done.checkpoint}",
+                      highlight=False)
+    elif done.kept_because:
+        console.print(f"kept its training checkpoint {done.checkpoint}: {done.kept_because}",
+                      highlight=False)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in the environment nor in the password database
+        return "unknown"
 
 
 @app.command()

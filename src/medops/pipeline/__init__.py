@@ -2,12 +2,14 @@
 register, each step recorded, retried and resumable."""
 
 from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
+from medops.pipeline.discard import Discarded, discard_run
 from medops.pipeline.gate import GateVerdict, decide
 from medops.pipeline.interrupt import Interrupt
 from medops.pipeline.runner import STEPS, PipelineRunner, new_run_id
 
 __all__ = [
     "STEPS",
+    "Discarded",
     "GateVerdict",
     "Interrupt",
     "PipelineRunner",
@@ -16,5 +18,6 @@ __all__ = [
     "SilentReporter",
     "Workspace",
     "decide",
+    "discard_run",
     "new_run_id",
 ]

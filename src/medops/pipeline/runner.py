@@ -79,6 +79,9 @@ class PipelineRunner:
         if record.status is RunStatus.RUNNING:
             raise PipelineError(f"run {record.id} is still running (pid {record.pid} on "
                                 f"{record.host}); wait for it or stop that process first")
+        if record.status is RunStatus.DISCARDED:
+            raise PipelineError(f"run {record.id} was discarded; start a new one with "
+                                "`medops run`")
         if all(s.status is StepStatus.SUCCEEDED for s in record.steps):
             raise PipelineError(f"run {record.id} already finished every step; start a new "
                                 "one with `medops run`")

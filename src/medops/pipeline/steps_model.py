@@ -70,6 +70,8 @@ def train(ctx: RunContext) -> dict[str, Any]:
                       spec.to_dict(), cfg.model.model_dump(mode="json"),
                       cfg.train.model_dump(mode="json")], sort_keys=True)
     ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    # recorded now, not only on success: `medops runs discard` deletes an unfinished one
+    ctx.ws.state.update_step(ctx.run_id, ctx.step, outputs={"checkpoint": str(ckpt)})
 
     tracker, mlrun = ctx.ws.tracker, ctx.mlflow_run()
     # notify.urls hold webhook tokens and passwords: never an MLflow param.

@@ -7,7 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from medops.errors import RegistryError
@@ -95,5 +95,6 @@ class Tracker:
     def artifact_uri(self, run_id: str) -> str:
         return str(self.client.get_run(run_id).info.artifact_uri)
 
-    def end_run(self, run_id: str, failed: bool = False) -> None:
-        self.client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+    def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED"
+                ) -> None:
+        self.client.set_terminated(run_id, status)

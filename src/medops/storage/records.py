@@ -14,6 +14,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # the process died; `medops runs resume` continues it
+    DISCARDED = "discarded"  # given up by a person (`medops runs discard`); never resumed
 
 
 class StepStatus(StrEnum):

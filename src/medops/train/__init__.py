@@ -7,7 +7,7 @@ from medops.train.architectures import (
     resolve_flip_tta,
     resolve_small_input,
 )
-from medops.train.checkpoint import prune_checkpoints
+from medops.train.checkpoint import discard_checkpoint, prune_checkpoints
 from medops.train.device import resolve_device
 from medops.train.predict import embed, predict_proba
 from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
@@ -20,6 +20,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "class_weights",
+    "discard_checkpoint",
     "embed",
     "predict_proba",
     "prune_checkpoints",

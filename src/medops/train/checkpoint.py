@@ -282,12 +282,28 @@ def prune_checkpoints(root: Path, keep: Path) -> list[Path]:
     return removed
 
 
+def discard_checkpoint(folder: Path) -> bool:
+    """Remove the checkpoint folder of a training that will not be resumed. A finished one
+    stays: an unchanged re-run reuses it, and :func:`prune_checkpoints` removes it once a newer
+    training finishes. Whether the folder was removed."""
+    if not folder.is_dir() or _flags(folder / CHECKPOINT_FILE).get("finished"):
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
+
+
 def _resumable(path: Path) -> bool:
+    flags = _flags(path)
+    return bool(flags) and not flags.get("finished")
+
+
+def _flags(path: Path) -> dict[str, Any]:
+    """The checkpoint at ``path`` if this version can read it, else an empty dict."""
     try:  # mmap: the flags are read without reading the tensors
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
-        return False
-    return _this_format(payload) and not payload.get("finished")
+        return {}
+    return payload if _this_format(payload) else {}
 
 
 def _this_format(payload: Any) -> bool:
