@@ -68,7 +68,7 @@ def test_discard_removes_the_checkpoint_and_the_run_cannot_be_resumed(
 
     with pytest.raises(PipelineError, match="was discarded; start a new one"):
         PipelineRunner(project).resume(record.id)
-    with pytest.raises(PipelineError, match="is discarded already"):
+    with pytest.raises(PipelineError, match="was discarded already"):
         discard_run(project, record.id, "Dr. Lee")
 
 
@@ -87,5 +87,5 @@ def test_a_checkpoint_another_run_can_resume_from_stays(project: Project) -> Non
     assert finished.status is RunStatus.SUCCEEDED
     train = next(s for s in finished.steps if s.name == "train")
     assert train.outputs["resumed_from_epoch"] == 2  # one epoch by each interrupted run
-    with pytest.raises(PipelineError, match="is succeeded; only an interrupted or failed"):
+    with pytest.raises(PipelineError, match="succeeded: there is nothing to give up"):
         discard_run(project, second.id, "tester")

@@ -38,10 +38,12 @@ def discard_run(ws: Workspace, run_id: str, by: str) -> Discarded:
     ws.state.mark_dead_runs_interrupted()
     record = ws.state.get_run(run_id)
     if record.status not in _DISCARDABLE:
-        hint = {RunStatus.RUNNING: f"; stop it first (pid {record.pid} on {record.host})",
-                RunStatus.DISCARDED: " already"}.get(record.status, "")
-        raise PipelineError(f"run {record.id} is {record.status.value}{hint}; only an "
-                            "interrupted or failed run can be discarded")
+        why = {RunStatus.RUNNING: f"is still running (pid {record.pid} on {record.host}); "
+                                  "stop it first",
+               RunStatus.SUCCEEDED: "succeeded: there is nothing to give up",
+               RunStatus.DISCARDED: "was discarded already"}[record.status]
+        raise PipelineError(f"run {record.id} {why}; only an interrupted or failed run can be "
+                            "discarded")
     # compare-and-set, so a resume (the agent's, or another terminal's) and a discard of the
     # same run cannot both proceed
     if not ws.state.take_run(record.id, record.status):
