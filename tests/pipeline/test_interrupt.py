@@ -84,9 +84,13 @@ def test_a_swallowed_stop_ends_training_after_the_epoch_and_the_resume_continues
     record = project.state.list_runs()[0]
     assert record.status is RunStatus.INTERRUPTED
     assert _steps(project, record.id)["train"].status is StepStatus.RUNNING
+    mlrun = record.mlflow_run_id
+    assert mlrun is not None
+    assert project.tracker.client.get_run(mlrun).info.status == "KILLED"
 
     resumed = PipelineRunner(project).resume(record.id)
     assert resumed.status is RunStatus.SUCCEEDED
+    assert project.tracker.client.get_run(mlrun).info.status == "FINISHED"
     train = _steps(project, record.id)["train"]
     assert train.outputs["resumed_from_epoch"] == 1 and train.outputs["epochs_run"] == 3
     assert train.attempts == 2

@@ -12,7 +12,7 @@ import pytest
 from medops.data.manifest import load_manifest
 from medops.demo.synthetic import SyntheticDataset
 from medops.errors import StepFailedError
-from medops.pipeline import PipelineRunner
+from medops.pipeline import PipelineRunner, SilentReporter
 from medops.project import Project
 from medops.registry import CANDIDATE, CHAMPION
 from medops.storage import ItemStatus, RunStatus, StepStatus
@@ -109,6 +109,44 @@ def test_unchanged_rerun_recomputes_nothing_and_gate_compares_with_champion(
     assert out2["register"] == {"registered": False, "reasons": out2["gate"]["reasons"]}
     assert len(project.registry.versions()) == 1
     assert project.state.audit_log()[0].action == "model.gate_failed"
+
+
+class _LoseWeightsBeforeEvaluate(SilentReporter):
+    """Moves the trained weights away when evaluate starts, as a lost disk would."""
+
+    def __init__(self, project: Project, keep: Path) -> None:
+        self.project, self.keep = project, keep
+
+    def step_started(self, step: str, attempt: int) -> None:
+        if step == "evaluate":
+            run = self.project.state.list_runs()[0]
+            weights = Path(next(s for s in run.steps if s.name == "train").outputs["weights"])
+            weights.rename(self.keep)
+
+
+def test_mlflow_shows_a_failed_run_as_failed_and_a_resumed_one_as_running(
+        project: Project, tmp_path: Path) -> None:
+    keep = tmp_path / "weights.pt"
+    failing = make_project(project.root, **{"pipeline.retries.attempts": 1})
+    with pytest.raises(StepFailedError):
+        PipelineRunner(failing, _LoseWeightsBeforeEvaluate(failing, keep)).run()
+    record = project.state.list_runs()[0]
+    assert record.status is RunStatus.FAILED and record.mlflow_run_id is not None
+    mlrun: str = record.mlflow_run_id
+    client = project.tracker.client
+    assert client.get_run(mlrun).info.status == "FAILED"  # it used to stay RUNNING forever
+
+    weights = Path(_outputs(project, record.id)["train"]["weights"])
+    keep.rename(weights)  # the disk is back
+    seen: list[str] = []
+
+    class _Watch(SilentReporter):
+        def step_started(self, step: str, attempt: int) -> None:
+            seen.append(client.get_run(mlrun).info.status)
+
+    assert PipelineRunner(project, _Watch()).resume(record.id).status is RunStatus.SUCCEEDED
+    assert seen[0] == "RUNNING"
+    assert client.get_run(mlrun).info.status == "FINISHED"
 
 
 def test_failing_step_is_retried_then_the_run_fails_with_the_error(project: Project) -> None:

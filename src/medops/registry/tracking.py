@@ -98,3 +98,8 @@ class Tracker:
     def end_run(self, run_id: str, status: Literal["FINISHED", "FAILED", "KILLED"] = "FINISHED"
                 ) -> None:
         self.client.set_terminated(run_id, status)
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark an ended run running again (a medops run resumed after a failure or a stop)."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
