@@ -5,10 +5,11 @@ in-memory BreastMNIST training set, with the same batch size, AdamW settings (th
 kernel in both), class-weighted cross-entropy, number of optimizer steps and torch threads. The
 bare loop has no augmentation, validation, weight average, checkpointing, LR schedule or
 progress bar; medops runs with all of them as the defaults set them (augmentation on, an EMA
-update after every step, a flip-averaged validation pass of the EMA weights, an atomic
-checkpoint and the progress bar every epoch; after the last epoch, the batch-norm statistics of
-the averaged weights measured again on the training set). Runs alternate (bare, medops, bare,
-medops, ...) so that load from other processes hits both alike; the median of each is reported.
+update after every step; every epoch a validation pass of the EMA weights, on the images as
+given, without the flip average, an atomic checkpoint and the progress bar; after the last
+epoch, the batch-norm statistics of the averaged weights measured again on the training set).
+Runs alternate (bare, medops, bare, medops, ...) so that load from other processes hits both
+alike; the median of each is reported.
 
 Two medops figures: the whole call (model build, the last checkpoint's write and the batch-norm
 pass included: one-off costs that a short benchmark run magnifies) and its epochs alone

@@ -91,6 +91,8 @@ def test_flip_tta_averages_the_mirror_in_eval_mode_only() -> None:
         # a prediction no longer depends on which way round the image is
         torch.testing.assert_close(tta(x.flip(-1)), tta(x))
         assert not torch.allclose(plain(x), plain(x.flip(-1)))
+        # what validation during training scores: the images as given, at half the cost
+        torch.testing.assert_close(tta.single_view_logits(x), plain(x))
     # what inference and the packaged model call goes through the same forward
     probs = predict_proba(tta, x.numpy())
     np.testing.assert_allclose(probs, torch.softmax(expected, 1).numpy(), rtol=1e-5, atol=1e-6)

@@ -40,8 +40,9 @@ from medops.config.schema import ModelConfig, TrainConfig
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
-#: Bumped when the checkpoint layout changes, so an old file is ignored rather than misread.
-FORMAT_VERSION = 4
+#: Bumped when the checkpoint layout changes, so an old file is ignored rather than misread, or
+#: what its scores mean (5: validation without the flip average), so a run does not mix them.
+FORMAT_VERSION = 5
 
 #: Rows of the data hashed into the fingerprint: enough to tell data sets apart, cheap for 1e6.
 _SAMPLED_ROWS = 64

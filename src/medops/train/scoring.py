@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
-from torch import nn
+
+from medops.train.architectures import Classifier
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def auc_score(y: np.ndarray, probs: np.ndarray) -> float:
 
 
 def validate(
-    model: nn.Module,
+    model: Classifier,
     x_all: np.ndarray,
     y_all: np.ndarray,
     *,
@@ -58,7 +59,11 @@ def validate(
     batch_size: int,
     loss_weight: torch.Tensor | None,
 ) -> ValScore:
-    """Score ``model`` on images ``x_all`` with labels ``y_all``; leaves it in eval mode."""
+    """Score ``model`` on images ``x_all`` with labels ``y_all``; leaves it in eval mode.
+
+    The images are scored as given, without the flip average the model applies in eval mode
+    (``spec.flip_tta``): that would double the cost of a pass run after every epoch, and over
+    ten seeds of two data sets the epochs it picked were no better (docs/benchmarks.md)."""
     if len(y_all) == 0:
         return ValScore(math.nan, math.nan, math.nan)
     model.eval()
@@ -66,7 +71,9 @@ def validate(
     with torch.inference_mode():
         for i in range(0, len(y_all), batch_size):
             x = torch.from_numpy(x_all[i : i + batch_size]).to(device)
-            logits.append(model(x.contiguous(memory_format=memory_format)).float())
+            logits.append(
+                model.single_view_logits(x.contiguous(memory_format=memory_format)).float()
+            )
         out = torch.cat(logits)
         y = torch.from_numpy(y_all).to(device)
         loss = float(F.cross_entropy(out, y, weight=loss_weight).item())

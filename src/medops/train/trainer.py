@@ -7,7 +7,8 @@ with label smoothing 0.1, weighted by inverse class frequency when ``train.class
 with ``augment.mixup`` each batch is mixed with a shuffled copy of itself (and so are the two
 losses). With ``train.ema_epochs`` an exponential moving average of the weights
 (:mod:`medops.train.ema`) is what gets scored, kept and returned. After every epoch that model is
-scored on the validation set. The weights returned are the average of the weights of the
+scored on the validation set (the images as given, without the flip average: see
+:func:`~medops.train.scoring.validate`). The weights returned are the average of the weights of the
 ``train.average_best`` best-scoring epochs (a "soup" of checkpoints: on validation sets of a few
 dozen images the single best epoch is partly chance, and the average of the few best is steadier
 and scores higher on held-out data; docs/benchmarks.md), at most a quarter of ``train.epochs`` of
@@ -252,7 +253,7 @@ class _Run:
         self.loss_weight = weight.to(device) if weight is not None else None
         self.augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
         self.ema: WeightEMA | None = None
-        self.scored_model: nn.Module = self.model
+        self.scored_model: Classifier = self.model
         if cfg.ema_epochs is not None:
             decay = 1.0 - 1.0 / max(1.0, cfg.ema_epochs * self.steps_per_epoch)
             self.ema = WeightEMA(self.model, decay)
