@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medops.config.enums import Step
 from medops.errors import PipelineError
-from medops.pipeline.context import Workspace
+from medops.pipeline.context import Workspace, mark_mlflow_run
 from medops.storage import RunRecord, RunStatus, StepStatus
 from medops.train import discard_checkpoint
 
@@ -52,8 +52,6 @@ def discard_run(ws: Workspace, run_id: str, by: str) -> Discarded:
     try:
         checkpoint = _checkpoint(record)
         kept_because = _shared_with(ws, record.id, checkpoint) if checkpoint else None
-        if record.mlflow_run_id:
-            ws.tracker.end_run(record.mlflow_run_id, "KILLED")
         removed = False
         if checkpoint is not None and kept_because is None:
             removed = discard_checkpoint(checkpoint)
@@ -63,6 +61,7 @@ def discard_run(ws: Workspace, run_id: str, by: str) -> Discarded:
         ws.state.finish_run(record.id, record.status, record.error)  # as it was
         raise
     ws.state.finish_run(record.id, RunStatus.DISCARDED, record.error)
+    mark_mlflow_run(ws, record.id, "KILLED")
     ws.state.audit("run.discarded", by, record.id, {
         "was": record.status.value, "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_removed": removed})

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import traceback
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 from medops.config import parse_config
 from medops.config.enums import Step
 from medops.errors import ConfigError, DataError, PipelineError, StepFailedError
-from medops.pipeline.context import Reporter, RunContext, SilentReporter, Workspace
+from medops.pipeline.context import (
+    Reporter,
+    RunContext,
+    SilentReporter,
+    Workspace,
+    mark_mlflow_run,
+)
 from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
 from medops.pipeline.steps_model import evaluate, gate, register, train
 from medops.storage import RunRecord, RunStatus, StepStatus
-
-log = logging.getLogger(__name__)
 
 StepFn = Callable[[RunContext], dict[str, Any]]
 
@@ -102,7 +105,7 @@ class PipelineRunner:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         done = {s.name: s for s in record.steps if s.status is StepStatus.SUCCEEDED}
         if record.mlflow_run_id:  # a resume: MLflow shows the run as ended until now
-            _mark_mlflow_run(ws, run_id, "RUNNING")
+            mark_mlflow_run(ws, run_id, "RUNNING")
         try:
             for step in Step:
                 self.interrupt.check()
@@ -114,16 +117,16 @@ class PipelineRunner:
                     break
         except StepFailedError as exc:
             ws.state.finish_run(run_id, RunStatus.FAILED, str(exc))
-            _mark_mlflow_run(ws, run_id, "FAILED")
+            mark_mlflow_run(ws, run_id, "FAILED")
             raise
         except BaseException:
             # Ctrl-C or a crash outside a step: leave the run resumable.
             ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted")
-            _mark_mlflow_run(ws, run_id, "KILLED")
+            mark_mlflow_run(ws, run_id, "KILLED")
             raise
         ws.state.finish_run(run_id, RunStatus.SUCCEEDED)
         if until is not None:  # it may have stopped before register, which ends the MLflow run
-            _mark_mlflow_run(ws, run_id, "FINISHED")
+            mark_mlflow_run(ws, run_id, "FINISHED")
         return ws.state.get_run(run_id)
 
     def _run_step(self, ctx: RunContext, step: Step) -> dict[str, Any]:
@@ -161,19 +164,3 @@ class PipelineRunner:
             self.reporter.step_finished(step.value, outputs, time.perf_counter() - t0)
             return outputs
 
-
-def _mark_mlflow_run(ws: Workspace, run_id: str,
-                     status: Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]) -> None:
-    """Give the run's MLflow run (if it has one) the medops run's state, so the MLflow UI shows
-    neither a dead run as running nor a resumed one as ended. Best effort: MLflow may be why
-    the run failed, and then the steps that need it report that."""
-    mlflow_run_id = ws.state.get_run(run_id).mlflow_run_id
-    if not mlflow_run_id:
-        return
-    try:
-        if status == "RUNNING":
-            ws.tracker.reopen_run(mlflow_run_id)
-        else:
-            ws.tracker.end_run(mlflow_run_id, status)
-    except Exception as exc:
-        log.warning("could not mark MLflow run %s %s: %s", mlflow_run_id, status.lower(), exc)
