@@ -12,6 +12,7 @@ import time
 import pytest
 
 from medops.demo.synthetic import SyntheticDataset
+from medops.pipeline import reap_dead_runs
 from medops.project import Project
 from medops.storage import RunStatus
 from medops.train.checkpoint import CHECKPOINT_FILE
@@ -46,11 +47,17 @@ def test_kill_9_mid_training_then_resume(project: Project,
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
-    state = make_project(project.root).state
-    state.mark_dead_runs_interrupted()
+    reloaded = make_project(project.root)
+    state = reloaded.state
     killed = state.list_runs()[0]
+    assert killed.status is RunStatus.RUNNING  # nothing was left to say otherwise
+    assert reap_dead_runs(reloaded) == [killed.id]
+    killed = state.get_run(killed.id)
     assert killed.status is RunStatus.INTERRUPTED
     assert {s.name: s.status.value for s in killed.steps}["train"] == "running"
+    assert killed.mlflow_run_id is not None
+    mlflow = reloaded.tracker.client
+    assert mlflow.get_run(killed.mlflow_run_id).info.status == "KILLED"
 
     done = subprocess.run([*MEDOPS, "runs", "resume", killed.id, "-C", str(project.root)],
                           capture_output=True, text=True, timeout=600,
@@ -62,6 +69,7 @@ def test_kill_9_mid_training_then_resume(project: Project,
     assert train.outputs["resumed_from_epoch"] >= 1
     ingest = next(s for s in record.steps if s.name == "ingest")
     assert ingest.attempts == 1  # finished steps were not run again
+    assert mlflow.get_run(killed.mlflow_run_id).info.status == "FINISHED"
 
 
 def test_resume_refuses_a_finished_run(project: Project) -> None:

@@ -113,3 +113,12 @@ def mark_mlflow_run(ws: Workspace, run_id: str,
             ws.tracker.end_run(mlflow_run_id, status)
     except Exception as exc:
         log.warning("could not mark MLflow run %s %s: %s", mlflow_run_id, status.lower(), exc)
+
+
+def reap_dead_runs(ws: Workspace) -> list[str]:
+    """Runs marked running whose process on this host is gone (kill -9, a crash, a reboot)
+    become ``interrupted``, and their MLflow runs killed: no handler of theirs could do it."""
+    dead = ws.state.mark_dead_runs_interrupted()
+    for run_id in dead:
+        mark_mlflow_run(ws, run_id, "KILLED")
+    return dead

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medops.config.enums import Step
 from medops.errors import PipelineError
-from medops.pipeline.context import Workspace, mark_mlflow_run
+from medops.pipeline.context import Workspace, mark_mlflow_run, reap_dead_runs
 from medops.storage import RunRecord, RunStatus, StepStatus
 from medops.train import discard_checkpoint
 
@@ -35,7 +35,7 @@ class Discarded:
 
 def discard_run(ws: Workspace, run_id: str, by: str) -> Discarded:
     """Discard the interrupted or failed run ``run_id`` (an id prefix is enough)."""
-    ws.state.mark_dead_runs_interrupted()
+    reap_dead_runs(ws)
     record = ws.state.get_run(run_id)
     if record.status not in _DISCARDABLE:
         why = {RunStatus.RUNNING: f"is still running (pid {record.pid} on {record.host}); "

@@ -18,6 +18,7 @@ from medops.pipeline.context import (
     SilentReporter,
     Workspace,
     mark_mlflow_run,
+    reap_dead_runs,
 )
 from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
@@ -59,7 +60,7 @@ class PipelineRunner:
 
     def run(self, trigger: str = "manual", until: Step | None = None) -> RunRecord:
         """Start a new run; stops after ``until`` when given (later steps stay pending)."""
-        self.ws.state.mark_dead_runs_interrupted()
+        reap_dead_runs(self.ws)
         run_id = new_run_id()
         self.ws.state.create_run(run_id, trigger, self.ws.config.model_dump(mode="json"),
                                  [s.value for s in Step])
@@ -80,7 +81,7 @@ class PipelineRunner:
         """Continue ``run_id`` from its first unfinished step, with the configuration it started
         with; only where things live and run (storage, executor, retries) come from the current
         medops.yaml, so a run that failed on infrastructure can be fixed and resumed."""
-        self.ws.state.mark_dead_runs_interrupted()
+        reap_dead_runs(self.ws)
         record = self.ws.state.get_run(run_id)
         if record.status is RunStatus.RUNNING:
             raise PipelineError(f"run {record.id} is still running (pid {record.pid} on "
