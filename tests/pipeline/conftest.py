@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from medops.demo.synthetic import SyntheticDataset, make_synthetic_dataset
+from medops.pipeline import SilentReporter
 from medops.project import Project
 
 # Small and quick, but the real pipeline: real DICOM, real MLflow, real process pool.
@@ -19,6 +21,21 @@ FAST: dict[str, Any] = {
     "data.split.test": 0.25,
     "pipeline.retries.backoff_seconds": 0.0,
 }
+
+
+class AtStep(SilentReporter):
+    """Calls ``action`` when ``step`` starts its first attempt, as a signal arriving then would."""
+
+    def __init__(self, step: str, action: Callable[[], Any]) -> None:
+        self.step, self.action = step, action
+        self.failures: list[str] = []
+
+    def step_started(self, step: str, attempt: int) -> None:
+        if step == self.step and attempt == 1:
+            self.action()
+
+    def step_failed(self, step: str, error: str, attempt: int, will_retry: bool) -> None:
+        self.failures.append(step)
 
 
 def make_project(root: Path, **overrides: Any) -> Project:

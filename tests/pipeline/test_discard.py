@@ -11,31 +11,22 @@ from pathlib import Path
 import pytest
 
 from medops.errors import PipelineError
-from medops.pipeline import Interrupt, PipelineRunner, SilentReporter, discard_run
+from medops.pipeline import Interrupt, PipelineRunner, discard_run
 from medops.project import Project
 from medops.storage import RunRecord, RunStatus
 from medops.train.checkpoint import CHECKPOINT_FILE
 
+from .conftest import AtStep
+
 pytestmark = pytest.mark.slow
 
 
-class _StopInTraining(SilentReporter):
-    """Requests a stop when training starts; training ends after its first epoch."""
-
-    def __init__(self, stop: Interrupt) -> None:
-        self.stop = stop
-
-    def step_started(self, step: str, attempt: int) -> None:
-        if step == "train":
-            self.stop.request()
-
-
-def _interrupted_in_training(project: Project, resume: str | None = None) -> RunRecord:
+def _interrupted_in_training(project: Project) -> RunRecord:
+    """A run stopped as training starts: it ends after its first epoch, interrupted."""
     stop = Interrupt()
-    runner = PipelineRunner(project, _StopInTraining(stop), stop)
     with pytest.raises(KeyboardInterrupt):
-        runner.resume(resume) if resume else runner.run()
-    record = project.state.get_run(resume) if resume else project.state.list_runs()[0]
+        PipelineRunner(project, AtStep("train", stop.request), stop).run()
+    record = project.state.list_runs()[0]
     assert record.status is RunStatus.INTERRUPTED
     return record
 

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from medops.pipeline import Interrupt, PipelineRunner, SilentReporter
+from medops.pipeline import Interrupt, PipelineRunner
 from medops.pipeline.interrupt import caused_by_interrupt
 from medops.project import Project
 from medops.storage import RunStatus, StepStatus
 
-from .conftest import make_project
+from .conftest import AtStep, make_project
 
 pytestmark = pytest.mark.slow
-
-
-class _At(SilentReporter):
-    """Calls ``action`` when ``step`` starts its first attempt, as a signal arriving then would."""
-
-    def __init__(self, step: str, action: Callable[[], Any]) -> None:
-        self.step, self.action = step, action
-        self.failures: list[str] = []
-
-    def step_started(self, step: str, attempt: int) -> None:
-        if step == self.step and attempt == 1:
-            self.action()
-
-    def step_failed(self, step: str, error: str, attempt: int, will_retry: bool) -> None:
-        self.failures.append(step)
 
 
 def _steps(project: Project, run_id: str) -> dict[str, Any]:
@@ -43,7 +27,7 @@ def test_sigint_interrupts_the_running_step_and_the_handlers_are_restored(
         project: Project) -> None:
     before = signal.getsignal(signal.SIGINT)
     with Interrupt().on_signals() as stop:
-        runner = PipelineRunner(project, _At("validate", lambda: signal.raise_signal(
+        runner = PipelineRunner(project, AtStep("validate", lambda: signal.raise_signal(
             signal.SIGINT)), stop)
         with pytest.raises(KeyboardInterrupt):
             runner.run()
@@ -63,7 +47,7 @@ def test_a_stop_disguised_as_a_step_error_is_not_retried(project: Project) -> No
     broken = make_project(project.root, **{
         "storage.tracking": "sqlite:///not-a-dir/mlflow.db", "pipeline.retries.attempts": 3})
     stop = Interrupt()
-    reporter = _At("train", stop.request)
+    reporter = AtStep("train", stop.request)
     with pytest.raises(KeyboardInterrupt):
         PipelineRunner(broken, reporter, stop).run()
     record = broken.state.list_runs()[0]
@@ -80,7 +64,7 @@ def test_a_swallowed_stop_ends_training_after_the_epoch_and_the_resume_continues
         project: Project) -> None:
     stop = Interrupt()
     with pytest.raises(KeyboardInterrupt):
-        PipelineRunner(project, _At("train", stop.request), stop).run()
+        PipelineRunner(project, AtStep("train", stop.request), stop).run()
     record = project.state.list_runs()[0]
     assert record.status is RunStatus.INTERRUPTED
     assert _steps(project, record.id)["train"].status is StepStatus.RUNNING

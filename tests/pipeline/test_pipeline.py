@@ -17,7 +17,7 @@ from medops.project import Project
 from medops.registry import CANDIDATE, CHAMPION
 from medops.storage import ItemStatus, RunStatus, StepStatus
 
-from .conftest import make_project
+from .conftest import AtStep, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -111,25 +111,17 @@ def test_unchanged_rerun_recomputes_nothing_and_gate_compares_with_champion(
     assert project.state.audit_log()[0].action == "model.gate_failed"
 
 
-class _LoseWeightsBeforeEvaluate(SilentReporter):
-    """Moves the trained weights away when evaluate starts, as a lost disk would."""
-
-    def __init__(self, project: Project, keep: Path) -> None:
-        self.project, self.keep = project, keep
-
-    def step_started(self, step: str, attempt: int) -> None:
-        if step == "evaluate":
-            run = self.project.state.list_runs()[0]
-            weights = Path(next(s for s in run.steps if s.name == "train").outputs["weights"])
-            weights.rename(self.keep)
-
-
 def test_mlflow_shows_a_failed_run_as_failed_and_a_resumed_one_as_running(
         project: Project, tmp_path: Path) -> None:
     keep = tmp_path / "weights.pt"
     failing = make_project(project.root, **{"pipeline.retries.attempts": 1})
+
+    def lose_the_weights() -> None:  # as a lost disk would, when evaluate starts
+        run = failing.state.list_runs()[0]
+        Path(next(s for s in run.steps if s.name == "train").outputs["weights"]).rename(keep)
+
     with pytest.raises(StepFailedError):
-        PipelineRunner(failing, _LoseWeightsBeforeEvaluate(failing, keep)).run()
+        PipelineRunner(failing, AtStep("evaluate", lose_the_weights)).run()
     record = project.state.list_runs()[0]
     assert record.status is RunStatus.FAILED and record.mlflow_run_id is not None
     mlrun: str = record.mlflow_run_id

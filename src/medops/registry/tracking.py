@@ -101,5 +101,4 @@ class Tracker:
 
     def reopen_run(self, run_id: str) -> None:
         """Mark an ended run running again (a medops run resumed after a failure or a stop)."""
-        if self.client.get_run(run_id).info.status != "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
+        self.client.update_run(run_id, status="RUNNING")
