@@ -117,6 +117,27 @@ def test_empty_project_listings_and_unknown_run(tmp_path: Path) -> None:
     assert code == 5 and "no images" in out
 
 
+def test_runs_ls_fits_an_80_column_terminal(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from medops.project import Project
+    from medops.storage import RunStatus
+
+    medops("init", str(tmp_path))
+    state = Project.load(tmp_path).state
+    for run_id, trigger in (("run-20261201-064013-95ec51", "manual"),
+                            ("run-20261201-070000-0a1b2c", "data.arrived")):
+        state.create_run(run_id, trigger, {}, ["ingest", "validate"])
+        state.update_step(run_id, "ingest", status="succeeded")
+        state.finish_run(run_id, RunStatus.INTERRUPTED)
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out = medops("runs", "ls", "-C", str(tmp_path))
+    lines = out.splitlines()
+    rows = [line for line in lines if line.startswith("run-")]
+    assert code == 0 and len(rows) == 2 and all(len(line) <= 80 for line in lines), out
+    assert all("interrupted" in row and "ingest" in row for row in rows), out
+    assert rows[0].startswith("run-20261201-070000-0a1b2c  ")  # newest first, id whole
+
+
 def test_data_import_npz_and_ls(tmp_path: Path, shared_data: Path) -> None:
     medops("init", str(tmp_path))
     npz = shared_data / "medmnist" / "breastmnist_28.npz"

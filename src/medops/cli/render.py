@@ -7,6 +7,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -46,16 +47,27 @@ def _short(v: Any) -> str:
     return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
+def _took(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
 def run_table(runs: list[RunRecord]) -> Table:
-    table = Table(title="Runs")
+    # Light rules and short cells so that a run fits one line of an 80-column terminal.
+    table = Table(title="Runs", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
     # The id stays whole: it is what `runs show ID` takes (a cut one matched several runs).
     table.add_column("id", no_wrap=True, min_width=max((len(r.id) for r in runs), default=2))
-    for col in ("status", "trigger", "started", "seconds", "last step"):
-        table.add_column(col)
+    for col in ("status", "trigger", "started", "took", "last step"):
+        table.add_column(col, no_wrap=col in ("status", "started", "took"))
     for r in runs:
-        secs = f"{(r.finished_at - r.started_at).total_seconds():.1f}" if r.finished_at else "-"
+        took = _took((r.finished_at - r.started_at).total_seconds()) if r.finished_at else "-"
         last = next((s.name for s in reversed(r.steps) if s.status.value != "pending"), "-")
-        table.add_row(r.id, _status(r.status.value), r.trigger, _when(r.started_at), secs, last)
+        started = r.started_at.strftime("%m-%d %H:%M") if r.started_at else "-"
+        table.add_row(r.id, _status(r.status.value), r.trigger, started, took, last)
     return table
 
 
