@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medops.config.schema import ModelConfig, TrainConfig
-from medops.train import ModelSpec, build_model, resolve_flip_tta, resolve_small_input
+from medops.config.schema import TrainConfig
+from medops.train import build_model
 from medops.train.augment import BatchAugmenter
 from medops.train.checkpoint import CheckpointWriter
 from medops.train.ema import WeightEMA
 from medops.train.scoring import validate
-from train_throughput import DEFAULT_NPZ, load
+from train_throughput import DEFAULT_NPZ, default_spec, load
 
 
 def main() -> None:
@@ -46,13 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, val = load(args.npz)
-    cfg, model_cfg = TrainConfig(), ModelConfig()
+    cfg = TrainConfig()
     assert cfg.augment is not None
-    spec = ModelSpec(
-        model_cfg.architecture, train.x.shape[1], int(train.y.max()) + 1,
-        small_input=resolve_small_input(model_cfg, (train.x.shape[2], train.x.shape[3])),
-        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
-    )
+    spec = default_spec(train, cfg)
     channels_last = torch.channels_last
     model = build_model(spec).to(memory_format=channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,

@@ -54,6 +54,18 @@ def load(path: Path) -> tuple[ArrayData, ArrayData]:
     return sets["train"], sets["val"]
 
 
+def default_spec(train: ArrayData, cfg: TrainConfig) -> ModelSpec:
+    """The model ``medops run`` builds by default for ``train``'s images."""
+    model_cfg = ModelConfig()
+    return ModelSpec(
+        model_cfg.architecture,
+        train.x.shape[1],
+        int(train.y.max()) + 1,
+        small_input=resolve_small_input(model_cfg, (train.x.shape[2], train.x.shape[3])),
+        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
+    )
+
+
 def bare_loop(
     spec: ModelSpec, data: ArrayData, cfg: TrainConfig, epochs: int
 ) -> tuple[float, float]:
@@ -119,14 +131,7 @@ def main() -> None:
     cfg = TrainConfig(
         epochs=args.epochs, patience=args.epochs + 1, device=Device.CPU, num_threads=threads
     )
-    model_cfg = ModelConfig()
-    spec = ModelSpec(
-        model_cfg.architecture,
-        train.x.shape[1],
-        int(train.y.max()) + 1,
-        small_input=resolve_small_input(model_cfg, (train.x.shape[2], train.x.shape[3])),
-        flip_tta=resolve_flip_tta(model_cfg, cfg.augment),
-    )
+    spec = default_spec(train, cfg)
     steps = args.epochs * -(-len(train) // cfg.batch_size)
     print(
         f"{spec.architecture.value} small_input, {len(train)} images {train.x.shape[1:]}, "

@@ -66,7 +66,7 @@ def run_table(runs: list[RunRecord]) -> Table:
     for r in runs:
         took = _took((r.finished_at - r.started_at).total_seconds()) if r.finished_at else "-"
         last = next((s.name for s in reversed(r.steps) if s.status.value != "pending"), "-")
-        started = r.started_at.strftime("%m-%d %H:%M") if r.started_at else "-"
+        started = r.started_at.strftime("%m-%d %H:%M")
         table.add_row(r.id, _status(r.status.value), r.trigger, started, took, last)
     return table
 
