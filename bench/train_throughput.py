@@ -134,7 +134,7 @@ def main() -> None:
     spec = default_spec(train, cfg)
     steps = args.epochs * -(-len(train) // cfg.batch_size)
     print(
-        f"{spec.architecture.value} small_input, {len(train)} images {train.x.shape[1:]}, "
+        f"{spec.architecture} small_input, {len(train)} images {train.x.shape[1:]}, "
         f"batch {cfg.batch_size}, {args.epochs} epochs ({steps} steps), "
         f"{torch.get_num_threads()} torch threads; medops with augmentation "
         f"{'on' if cfg.augment else 'off'}, bare loop without"

@@ -96,7 +96,7 @@ def test_overrides_are_typed_and_validated(tmp_path: Path) -> None:
     path.write_text(render_template("p"))
     key, value = parse_override("train.epochs=3")
     cfg = load_config(path, {key: value, "model.architecture": "densenet121"})
-    assert cfg.train.epochs == 3 and cfg.model.architecture is Architecture.DENSENET121
+    assert cfg.train.epochs == 3 and cfg.model.architecture == Architecture.DENSENET121.value
     with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config(path, {"train.epochs": 0})
     with pytest.raises(ConfigError, match="KEY=VALUE"):

@@ -28,8 +28,10 @@ events_app = typer.Typer(help="Events: what arrived, what was decided and why.",
 def agent(ctx: typer.Context, project: Path | None = ProjectOpt,
           set_: list[str] | None = typer.Option(None, "--set", help="Override: KEY=VALUE."),
           verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    """Run the agent in the foreground until SIGTERM or Ctrl-C: watch the data folder, poll
-    sources, fire schedules, apply the retraining policy, run pipelines, send notifications.
+    """Run the agent in the foreground until SIGTERM or Ctrl-C.
+
+    It watches the data folder, polls sources, fires schedules, applies the retraining policy,
+    runs pipelines and sends notifications.
 
     Example: medops agent -C chest-xray
     """

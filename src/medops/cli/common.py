@@ -27,6 +27,28 @@ ProjectOpt = typer.Option(None, "--project", "-C", help="Project folder (default
 JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 
 
+def _hide_flag_types() -> None:
+    """Leave the type column of the help empty for flags (--json, --help, --loop/--no-loop).
+
+    Typer 0.29 prints a type beside every option of the rich help, ``<bool>`` beside flags,
+    which take no value; typer 0.28 left it out for them. Options that take a value keep
+    their type."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "hides_flag_types", False):
+        return  # an older typer (it hides them itself), or done already
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    display_type_rich.hides_flag_types = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
 def handle_errors(fn: F) -> F:
     """MedopsError -> a red one-line message and a meaningful exit code, no traceback."""
 

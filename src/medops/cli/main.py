@@ -151,8 +151,9 @@ def runs_discard(run_id: str,
                  by: str | None = typer.Option(None, "--by", help="Who discards it, for the "
                                                "audit log (default: the login name)."),
                  project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
-    """Give up an interrupted or failed run: it can no longer be resumed, and its unfinished
-    training checkpoint is deleted (its record and reports stay).
+    """Give up an interrupted or failed run: it can no longer be resumed.
+
+    Its unfinished training checkpoint is deleted (its record and reports stay).
 
     Example: medops runs discard run-20261201-033738
     """
@@ -192,9 +193,10 @@ def demo(data: Path | None = typer.Option(None, help="Train on a MedMNIST .npz i
                                         "(--no-loop: stop after the first model)."),
          force: bool = typer.Option(False, help="Overwrite the medops.yaml a --dir already "
                                                 "holds.")) -> None:
-    """The whole lifecycle, offline, on synthetic DICOM: train, gate and register a model,
-    serve it, let a new detector's images drift, and watch the agent retrain and the server
-    swap to the new version; a timeline ends it.
+    """The whole lifecycle, offline, on synthetic DICOM.
+
+    Train, gate and register a model, serve it, let a new detector's images drift, and watch
+    the agent retrain and the server swap to the new version; a timeline ends it.
 
     Example: medops demo --no-loop --data ../shared/data/medmnist/breastmnist_28.npz
     """

@@ -17,8 +17,10 @@ def monitor(window: str | None = typer.Option(None, "--window",
             version: str | None = typer.Option(None, "--version",
                                                help="Model version (default: the champion)."),
             project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
-    """Check drift and live quality of the model now; store the report and, on drift, the
-    event drift.detected (the agent runs this on monitor.schedule).
+    """Check the live model's drift and quality now.
+
+    Stores the report and, on drift, the event drift.detected (the agent runs this on
+    monitor.schedule).
 
     Example: medops monitor --window 24h
     """

@@ -43,7 +43,7 @@ def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG file
             model: str | None = ModelOpt, batch_size: int = BatchSizeOpt,
             endpoint_url: str | None = EndpointOpt, project: Path | None = ProjectOpt,
             json_out: bool = JsonOpt) -> None:
-    """Predict a few files now: class probabilities and label per file.
+    """Predict files now: class probabilities and label per file.
 
     Exits 5 when a file could not be read or decoded (its row says why).
 
@@ -83,9 +83,9 @@ def batch_predict(source: str = typer.Argument(
                       None, "--format", help="parquet or csv (default: from --out)."),
                   batch_size: int = BatchSizeOpt, endpoint_url: str | None = EndpointOpt,
                   project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
-    """Predict every image of a folder, manifest or S3 prefix into Parquet or CSV.
+    """Predict a folder, manifest or S3 prefix into Parquet or CSV.
 
-    Resumable: a re-run skips files already predicted. Bad files get their error in the
+    Every image found is predicted. Resumable: a re-run skips files already predicted. Bad files get their error in the
     output and the summary; they never stop the batch.
 
     Example: medops batch-predict data/incoming --out preds.parquet

@@ -24,10 +24,11 @@ def receive(
                                            "to store (repeat; replaces the configured list)."),
     project: Path | None = ProjectOpt,
 ) -> None:
-    """Receive DICOM over C-STORE; completed series are de-identified and become items.
+    """Receive DICOM over C-STORE into the project.
 
-    Each instance is on disk (fsynced) and indexed before the sender hears success; a series is
-    ingested after data.sources.NAME.quiet_seconds without new instances.
+    Completed series are de-identified and become items. Each instance is on disk (fsynced)
+    and indexed before the sender hears success; a series is ingested after
+    data.sources.NAME.quiet_seconds without new instances.
 
     Example: medops receive --ae-title MEDOPS --port 11112 --allow CT01
     """

@@ -13,6 +13,7 @@ from medops.config.enums import (
     Normalize,
     SourceKind,
     Step,
+    Task,
     WindowMode,
 )
 from medops.config.loader import (
@@ -40,6 +41,7 @@ __all__ = [
     "Normalize",
     "SourceKind",
     "Step",
+    "Task",
     "WindowMode",
     "load_config",
     "parse_config",

@@ -63,6 +63,13 @@ class Architecture(StrEnum):
     MOBILENET_V2 = "mobilenet_v2"
 
 
+class Task(StrEnum):
+    """What a model predicts for an image."""
+
+    MULTICLASS = "multiclass"  # exactly one class (softmax over the classes)
+    MULTILABEL = "multilabel"  # any set of findings, the empty set included (a sigmoid each)
+
+
 class Device(StrEnum):
     AUTO = "auto"
     CPU = "cpu"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -26,9 +26,11 @@ from medops.config.enums import (
     LabelsFrom,
     Normalize,
     SourceKind,
+    Task,
     WindowMode,
 )
 from medops.config.ingest import DeidConfig, SelectConfig
+from medops.config.models import check_architecture, check_sha256, is_url
 from medops.config.monitor import MonitorConfig
 from medops.config.sources import RemoteSourceConfig
 from medops.config.uris import check_state_uri, check_tracking_uri
@@ -104,12 +106,30 @@ class PreprocessConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    architecture: Architecture = Architecture.RESNET18
+    """The network. ``architecture`` is a built-in torchvision name, ``txv:WEIGHTS`` (a
+    TorchXRayVision model), or an entry point ``package.module:factory`` /
+    ``path/in/project.py:factory`` called with ``in_channels``, ``num_classes`` and ``args``
+    (docs/models.md)."""
+
+    architecture: Annotated[str, AfterValidator(check_architecture)] = Architecture.RESNET18.value
+    args: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of an entry point
     pretrained: bool = False
-    weights: str | None = None  # a local weights file; used instead of downloading when set
+    # a local weights file, or an http(s) URL pinned by weights_sha256 (`medops models fetch`)
+    weights: str | None = None
+    weights_sha256: Annotated[str | None, AfterValidator(check_sha256)] = None
     small_input: bool | Literal["auto"] = "auto"  # a stride-1 stem for images under 64 px
     # average each prediction with that of the mirrored image; auto: when training flips
     flip_tta: bool | Literal["auto"] = "auto"
+
+    @model_validator(mode="after")
+    def _url_needs_hash(self) -> ModelConfig:
+        if self.weights and is_url(self.weights) and not self.weights_sha256:
+            raise ValueError(
+                f"model.weights is the URL {self.weights!r} but model.weights_sha256 is not set; "
+                "a downloaded file is only used when pinned by its SHA-256 (fix: set "
+                "model.weights_sha256: <64 hex digits>, or fetch it once with `medops models "
+                "fetch URL --sha256 HEX`)")
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -197,6 +217,7 @@ PROJECT_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 class MedopsConfig(_Strict):
     project: Annotated[str, Field(pattern=PROJECT_NAME)]
+    task: Task = Task.MULTICLASS  # multilabel: any set of findings per image
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()

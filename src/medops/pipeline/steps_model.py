@@ -60,6 +60,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     profile = run_profile(ctx)
     classes: list[str] = ctx.out("split", "classes")
     spec = ModelSpec(architecture=cfg.model.architecture, in_channels=profile.channels,
+                     task=cfg.task, args=cfg.model.args,
                      num_classes=len(classes),
                      small_input=resolve_small_input(cfg.model, profile.size),
                      flip_tta=resolve_flip_tta(cfg.model, cfg.train.augment))

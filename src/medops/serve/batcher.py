@@ -42,10 +42,11 @@ def forward(loaded: LoadedModel, x: np.ndarray,
     included), so they equal ``predict_proba``. Safe to call from several threads at once."""
     import torch
 
+    net = model or loaded.model
     with torch.inference_mode():
-        logits, features = (model or loaded.model).logits_and_features(
+        logits, features = net.logits_and_features(
             torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = net.activate(logits)
     return probs.numpy(), features.float().numpy()
 
 

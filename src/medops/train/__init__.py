@@ -1,23 +1,21 @@
 """Training: torchvision classifiers for medical images, a resumable trainer, and inference."""
 
-from medops.train.architectures import (
-    Classifier,
-    ModelSpec,
-    build_model,
-    resolve_flip_tta,
-    resolve_small_input,
-)
+from medops.train.architectures import build_model, resolve_flip_tta, resolve_small_input
 from medops.train.checkpoint import discard_checkpoint, prune_checkpoints
+from medops.train.classifier import BackboneClassifier, Classifier, WrappedClassifier
 from medops.train.device import resolve_device
 from medops.train.predict import embed, predict_proba
+from medops.train.spec import ModelSpec
 from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
 
 __all__ = [
     "ArrayData",
+    "BackboneClassifier",
     "Classifier",
     "EpochResult",
     "ModelSpec",
     "TrainResult",
+    "WrappedClassifier",
     "build_model",
     "class_weights",
     "discard_checkpoint",

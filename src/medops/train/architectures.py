@@ -1,6 +1,9 @@
-"""Classifier networks built from torchvision backbones, adapted to medical images.
+"""Networks for a :class:`~medops.train.spec.ModelSpec`: :func:`build_model` dispatches on the
+architecture to the built-in torchvision backbones below, to TorchXRayVision
+(:mod:`medops.train.txv`) or to a user's entry point (:mod:`medops.train.entrypoints`).
 
-Every :class:`~medops.config.enums.Architecture` is a torchvision model with three changes:
+Every built-in :class:`~medops.config.enums.Architecture` is a torchvision model with three
+changes:
 
 * the first convolution takes 1 or 3 channels (pretrained RGB filters are summed for 1 channel,
   which keeps a grey image's response equal to the same image in RGB);
@@ -13,9 +16,6 @@ Every :class:`~medops.config.enums.Architecture` is a torchvision model with thr
   better on BreastMNIST and costs 3.3x the compute at 28 px (docs/benchmarks.md).
 
 A :class:`ModelSpec` is all it takes to rebuild the network; it is stored with every model.
-With ``flip_tta`` the network in eval mode returns the mean of the logits of the image and of its
-left-right mirror (one forward pass of both): validation, evaluation, the packaged model and
-serving all go through ``forward``, so they score the same predictions.
 """
 
 from __future__ import annotations
@@ -23,67 +23,24 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
 from medops.config.enums import Architecture
+from medops.config.models import is_builtin, is_txv
 from medops.config.schema import AugmentConfig, ModelConfig
-from medops.errors import ConfigError, WeightsUnavailableError
+from medops.errors import WeightsUnavailableError
+from medops.train.classifier import BackboneClassifier, Classifier
+from medops.train.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 #: Images whose shorter side is below this get the small-input stem when ``small_input: auto``.
 SMALL_INPUT_BELOW = 64
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a classifier's architecture (not its weights)."""
-
-    architecture: Architecture
-    in_channels: int
-    num_classes: int
-    small_input: bool
-    flip_tta: bool = False
-    # models saved before the small-input stem kept the max-pool were built without it
-    small_input_pool: bool = True
-
-    def __post_init__(self) -> None:
-        if self.in_channels not in (1, 3):
-            raise ConfigError(f"in_channels must be 1 or 3 (got {self.in_channels})")
-        if self.num_classes < 2:
-            raise ConfigError(f"num_classes must be at least 2 (got {self.num_classes})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict; :meth:`from_dict` reads it back."""
-        d = asdict(self)
-        d["architecture"] = self.architecture.value
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Read a dict written by :meth:`to_dict`."""
-        try:
-            arch = Architecture(data["architecture"])
-            return cls(
-                architecture=arch,
-                in_channels=int(data["in_channels"]),
-                num_classes=int(data["num_classes"]),
-                small_input=bool(data["small_input"]),
-                # absent from specs written before test-time flips existed
-                flip_tta=bool(data.get("flip_tta", False)),
-                small_input_pool=bool(data.get("small_input_pool", False)),
-            )
-        except KeyError as e:
-            raise ConfigError(f"model spec {dict(data)!r} lacks the key {e}") from e
-        except ValueError as e:
-            known = ", ".join(a.value for a in Architecture)
-            raise ConfigError(f"model spec {dict(data)!r} is invalid: {e} (known: {known})") from e
 
 
 def resolve_flip_tta(cfg: ModelConfig, augment: AugmentConfig | None) -> bool:
@@ -98,43 +55,6 @@ def resolve_small_input(cfg: ModelConfig, image_size: tuple[int, int]) -> bool:
     if cfg.small_input == "auto":
         return min(image_size) < SMALL_INPUT_BELOW
     return bool(cfg.small_input)
-
-
-class Classifier(nn.Module):
-    """A backbone that maps images to a feature vector, and a head that maps it to logits."""
-
-    def __init__(
-        self, spec: ModelSpec, backbone: nn.Module, head: nn.Module, feature_dim: int
-    ) -> None:
-        super().__init__()
-        self.spec = spec
-        self.feature_dim = feature_dim  # the width of embed()'s output
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits, shape (N, num_classes); in eval mode flip-averaged when ``spec.flip_tta``."""
-        return self.logits_and_features(x)[0]
-
-    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward(x)`` and ``embed(x)`` from one pass through the backbone (the features of
-        the images as given, not of their flipped copies)."""
-        if self.training or not self.spec.flip_tta:
-            features = self.backbone(x)
-            return self.head(features), features
-        both = self.backbone(torch.cat([x, x.flip(-1)]))
-        logits = self.head(both)
-        n = len(x)
-        return (logits[:n] + logits[n:]) / 2, both[:n]
-
-    def single_view_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the images as given, never flip-averaged: what the trainer validates
-        with, at half the cost of ``forward`` in eval mode with ``spec.flip_tta``."""
-        return self.head(self.backbone(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features, shape (N, F): the input of the head."""
-        return self.backbone(x)
 
 
 @dataclass(frozen=True)
@@ -178,29 +98,47 @@ _FAMILIES: dict[Architecture, _Family] = {
 def build_model(
     spec: ModelSpec, *, pretrained: bool = False, weights: Path | None = None
 ) -> Classifier:
-    """A :class:`Classifier` for ``spec``.
+    """A :class:`Classifier` for ``spec``, randomly initialised unless ``weights`` (a local
+    file) or ``pretrained`` (the architecture's own pretrained weights) say otherwise.
+
+    Raises :class:`~medops.errors.ConfigError` for an architecture that cannot be built and
+    :class:`WeightsUnavailableError` when the weights cannot be found, read or loaded."""
+    if is_builtin(spec.architecture):
+        return _build_torchvision(spec, pretrained=pretrained, weights=weights)
+    if is_txv(spec.architecture):
+        from medops.train import txv
+
+        return txv.build(spec, pretrained=pretrained, weights=weights)
+    from medops.train import entrypoints
+
+    return entrypoints.build(spec, weights=weights)
+
+
+def _build_torchvision(
+    spec: ModelSpec, *, pretrained: bool, weights: Path | None
+) -> BackboneClassifier:
+    """A torchvision backbone for ``spec`` with a new head.
 
     Weights: ``weights`` (a local torchvision state dict for the same architecture) when given,
     else torchvision's ImageNet weights when ``pretrained``, else a random initialisation. The
     ImageNet head is never used; a small-input ResNet/DenseNet stem is freshly initialised too
-    (its kernel has another size). Raises :class:`WeightsUnavailableError` when the weights cannot
-    be downloaded, read or loaded.
-    """
-    family = _FAMILIES[spec.architecture]
-    net = _torchvision_builder(spec.architecture)(weights=None)
+    (its kernel has another size)."""
+    arch = Architecture(spec.architecture)
+    family = _FAMILIES[arch]
+    net = _torchvision_builder(arch)(weights=None)
     feature_dim = _adapt(net, family, spec)
     state = None
     if weights is not None:
-        state = _read_weights_file(spec.architecture, weights)
+        state = _read_weights_file(arch, weights)
     elif pretrained:
-        state = _download_imagenet(spec.architecture)
+        state = _download_imagenet(arch)
     if state is not None:
         source = str(weights) if weights is not None else "ImageNet (torchvision DEFAULT)"
         _load_backbone_state(net, family, spec, state, source)
     head: nn.Module = nn.Linear(feature_dim, spec.num_classes)
     if family.head_dropout > 0:
         head = nn.Sequential(nn.Dropout(p=family.head_dropout, inplace=True), head)
-    return Classifier(spec, net, head, feature_dim)
+    return BackboneClassifier(spec, net, head, feature_dim)
 
 
 def _torchvision_builder(arch: Architecture) -> Callable[..., nn.Module]:
@@ -331,18 +269,18 @@ def _load_backbone_state(
         missing, unexpected = net.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # shape mismatches
         raise WeightsUnavailableError(
-            f"weights from {source} do not fit {spec.architecture.value}: {_first_line(e)}; "
-            f"{_fix_hint(spec.architecture)}"
+            f"weights from {source} do not fit {spec.architecture}: {_first_line(e)}; "
+            f"{_fix_hint(Architecture(spec.architecture))}"
         ) from e
     allowed_missing = {stem_key} if stem_key not in sd else set()
     missing = [k for k in missing if k not in allowed_missing]
     if missing or unexpected:
         raise WeightsUnavailableError(
-            f"weights from {source} do not fit {spec.architecture.value}: "
+            f"weights from {source} do not fit {spec.architecture}: "
             f"{len(missing)} missing key(s) {missing[:3]}, {len(unexpected)} unexpected key(s) "
-            f"{unexpected[:3]}; {_fix_hint(spec.architecture)}"
+            f"{unexpected[:3]}; {_fix_hint(Architecture(spec.architecture))}"
         )
-    log.info("loaded %s weights from %s", spec.architecture.value, source)
+    log.info("loaded %s weights from %s", spec.architecture, source)
 
 
 def _first_line(e: BaseException) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from medops.errors import DataError
-from medops.train.architectures import Classifier
+from medops.train.classifier import Classifier
 
 
 def _batches(
@@ -27,7 +27,7 @@ def _batches(
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
                 batch = torch.from_numpy(x[i : i + batch_size]).to(dev)
-                out = model.embed(batch) if embed else torch.softmax(model(batch).float(), dim=1)
+                out = model.embed(batch) if embed else model.activate(model(batch))
                 outputs.append(out.float().cpu().numpy())
     finally:
         model.train(was_training)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from medops.train.architectures import Classifier
+from medops.train.classifier import Classifier
 
 
 @dataclass(frozen=True)

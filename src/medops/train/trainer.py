@@ -49,7 +49,7 @@ from torch import nn
 
 from medops.config.schema import ModelConfig, TrainConfig
 from medops.errors import DataError, TrainingError
-from medops.train.architectures import Classifier, ModelSpec, build_model
+from medops.train.architectures import build_model
 from medops.train.augment import BatchAugmenter
 from medops.train.batchnorm import recalibrate_batch_norm
 from medops.train.checkpoint import (
@@ -62,10 +62,12 @@ from medops.train.checkpoint import (
     set_rng_state,
     snapshot,
 )
+from medops.train.classifier import Classifier
 from medops.train.device import resolve_device
 from medops.train.ema import WeightEMA
 from medops.train.progress import TrainProgress
 from medops.train.scoring import ValScore, seed_everything, validate
+from medops.train.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
