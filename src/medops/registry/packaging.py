@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from medops.config.enums import Task
+from medops.data.labels import LabelTask, label_task
 from medops.preprocess import PreprocessProfile, preprocess_bytes
 from medops.train import Classifier, ModelSpec, build_model, predict_proba
 
@@ -31,6 +33,28 @@ class LoadedModel:
     classes: list[str]
     profile: PreprocessProfile
     meta: dict[str, Any]
+
+    @property
+    def task(self) -> Task:
+        return self.model.spec.task
+
+    @property
+    def labels(self) -> LabelTask:
+        """The label rules of the model's task (what a prediction's label is)."""
+        return label_task(self.task)
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Per-finding decision thresholds of a multi-label model, in ``classes`` order (chosen
+        on the validation split when it was trained); None: 0.5 for every finding."""
+        found = self.meta.get("thresholds")
+        if not found:
+            return None
+        return [float(found.get(c, 0.5)) for c in self.classes]
+
+    def decide(self, probs: np.ndarray) -> list[list[str]]:
+        """The predicted class (a list of one) or the positive findings, per row of ``probs``."""
+        return self.labels.decide(probs, self.classes, self.thresholds)
 
     def predict_images(self, blobs: list[bytes]) -> np.ndarray:
         """Class probabilities (N, classes) for DICOM/PNG/JPEG file bytes."""
