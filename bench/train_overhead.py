@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from medops.config.schema import TrainConfig
-from medops.train import build_model
+from medops.train import build_model, train_task
 from medops.train.augment import BatchAugmenter
 from medops.train.checkpoint import CheckpointWriter
 from medops.train.ema import WeightEMA
@@ -81,7 +81,7 @@ def main() -> None:
 
     def validation() -> None:
         validate(model, val.x, val.y, device=torch.device("cpu"), memory_format=channels_last,
-                 batch_size=256, loss_weight=None)
+                 batch_size=256, loss_weight=None, task=train_task(spec.task))
 
     def steps_with_checkpoint() -> None:
         payload = {"fingerprint": "bench", "kept": [], "model": model.state_dict(),

@@ -7,6 +7,9 @@ import medops
 
 def test_public_api() -> None:
     assert set(medops.__all__) == {"__version__", "Project", "import_source", "PipelineRunner",
-                                   "MedopsConfig", "load_config", "MedopsError"}
+                                   "MedopsConfig", "load_config", "MedopsError",
+                                   "open_project", "init_project", "Session", "RunResult",
+                                   "StepResult", "RunMetrics", "ModelVersion", "Prediction",
+                                   "ImportResult"}
     for name in medops.__all__:
         assert getattr(medops, name) is not None

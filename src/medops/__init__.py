@@ -1,12 +1,17 @@
-"""medops: MLOps for medical image classifiers, from DICOM to a gated, registered model.
+"""medops: MLOps for medical image classifiers, from DICOM to a gated, registered, served and
+monitored model.
 
 Subpackages, top (may import those below) to bottom:
 
 - ``cli``        the `medops` command, a thin shell over the API; the demo runner
+- ``api``        the Python API for notebooks and scripts: open a project, run, read, predict
 - ``project``    the composition root: builds stores, clients and executors from medops.yaml
+- ``agent``      the retraining loop: watches, schedules, policy, runs, notifications
 - ``pipeline``   runs, steps, retries and resume; the steps themselves
-- ``registry``   MLflow tracking, packaged pyfunc models, versions, tags and aliases
-- ``train``      torchvision architectures, the training loop, checkpoints
+- ``serve``      the HTTP endpoint (micro-batching, model swaps) and batch inference
+- ``monitor``    captured predictions, drift and live quality against the training baseline
+- ``registry``   MLflow tracking, packaged pyfunc models, versions, tags, aliases and sign-off
+- ``train``      networks, the training loop, checkpoints
 - ``evaluate``   metrics and plots
 - ``preprocess`` preprocessing profiles, the content-addressed cache
 - ``executor``   where map work runs: a process pool, or in-process
@@ -16,11 +21,14 @@ Subpackages, top (may import those below) to bottom:
 - ``config``     the typed medops.yaml
 - ``errors``     the exception tree
 
-The public API is re-exported here lazily, so ``import medops`` stays cheap::
+The public API is re-exported here lazily, so ``import medops`` stays cheap (docs/python-api.md
+has a whole example; type checkers see the types of names imported from ``medops.api``)::
 
-    from medops import Project, PipelineRunner
-    project = Project.load(Path("chest-xray"))
-    run = PipelineRunner(project).run()
+    import medops
+
+    project = medops.open_project("chest-xray", overrides={"train.epochs": 2})
+    run = project.run(until="evaluate")
+    print(run.status, run.metrics["test_auc"])
 """
 
 from __future__ import annotations
@@ -31,6 +39,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "open_project": "medops.api",
+    "init_project": "medops.api",
+    "Session": "medops.api",
+    "RunResult": "medops.api",
+    "StepResult": "medops.api",
+    "RunMetrics": "medops.api",
+    "ModelVersion": "medops.api",
+    "Prediction": "medops.api",
+    "ImportResult": "medops.api",
     "Project": "medops.project",
     "import_source": "medops.project",
     "PipelineRunner": "medops.pipeline",

@@ -21,6 +21,7 @@ the offending value and, where there is one, the fix::
     ├── RequestError                an HTTP request the server cannot accept (bad body or type)
     │   ├── PayloadTooLargeError    the request body or an image is over the configured limit
     │   ├── UnsupportedMediaError   a content type the endpoint does not take
+    │   ├── NotAcceptableError      an Accept header asking for an answer type not offered
     │   └── AuthenticationError     a missing or wrong bearer token
     └── UnavailableError            the server is not ready yet (no model loaded); retry later
 
@@ -113,6 +114,10 @@ class PayloadTooLargeError(RequestError):
 
 class UnsupportedMediaError(RequestError):
     """The request's content type is not one the endpoint takes."""
+
+
+class NotAcceptableError(RequestError):
+    """The request's Accept header names no answer type the endpoint offers."""
 
 
 class AuthenticationError(RequestError):

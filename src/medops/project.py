@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # torch and MLflow load only when a command needs them
     from medops.data.ingest import IngestReport, IngestSettings
     from medops.executor import Executor
     from medops.registry import ModelRegistry, Tracker
+    from medops.train.weights import WeightsStore
 
 
 class Project:
@@ -91,6 +92,13 @@ class Project:
 
         return ModelRegistry(self.tracker.client, self.config.model_name,
                              self.artifacts / "models")
+
+    @cached_property
+    def weights_store(self) -> WeightsStore:
+        """Pretrained weights by SHA-256, under ``<project>/.medops/weights/``."""
+        from medops.train.weights import WeightsStore
+
+        return WeightsStore.for_project(self.root)
 
     @cached_property
     def landing_dir(self) -> Path:
@@ -236,7 +244,8 @@ def import_local(project: Project, path: Path) -> dict[str, Any]:
         source = NpzSource(path, project.artifacts.parent / "data" / path.stem)
     elif path.is_dir():
         cfg = project.config.data
-        source = FolderSource(path, cfg.labels, cfg.frames, csv_root=project.root)
+        source = FolderSource(path, cfg.labels, cfg.frames, csv_root=project.root,
+                              task=project.config.task)
     else:
         raise ConfigError(f"cannot import {path}: expected a MedMNIST .npz file, a folder of "
                           "DICOM/PNG/JPEG images, an s3:// or http(s):// URI, or --source NAME")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from medops.config.enums import GroupBy
+import numpy as np
+
+from medops.config.enums import GroupBy, Task
 from medops.config.schema import SplitConfig
+from medops.data.labels import format_findings, parse_findings
+from medops.data.manifest import build_manifest
 from medops.data.split import assign_splits, group_key, split_of
 from medops.storage import Item, Split
 
@@ -71,3 +75,90 @@ def test_published_split_is_kept_and_items_without_patient_fall_back() -> None:
     assert split_of(published, cfg, groups) is Split.VAL
     assert group_key(loose, GroupBy.PATIENT) == "item:hb"
     assert "item:ha" not in groups
+
+
+# -- multilabel ------------------------------------------------------------------------------
+FINDINGS = ["Effusion", "Infiltration", "Mass", "Nodule", "Hernia"]
+
+
+def _ml_items(n_patients: int, rare: dict[str, int] | None = None, seed: int = 0,
+              offset: int = 0) -> list[Item]:
+    """Patients with 1-3 images; common findings drawn per image with falling prevalence, and
+    each finding of ``rare`` on exactly that many patients (all their images)."""
+    rng = np.random.default_rng(seed)
+    rare = rare or {}
+    rare_patients = {f: set(rng.choice(n_patients, n, replace=False).tolist())
+                     for f, n in rare.items()}
+    items = []
+    for p in range(n_patients):
+        for i in range(int(rng.integers(1, 4))):
+            found = [f for f, prev in zip(FINDINGS, (0.3, 0.2, 0.1, 0.05, 0.02), strict=True)
+                     if f not in rare and rng.random() < prev]
+            found += [f for f in rare if p in rare_patients[f]]
+            items.append(Item(uri=f"/p{p + offset}/{i}", content_hash=f"h{p + offset}-{i}",
+                              source="s", label=format_findings(found),
+                              patient_id=f"pt-{p + offset}"))
+    return items
+
+
+def _ml_assign(items: list[Item], cfg: SplitConfig,
+               known: dict[str, Split] | None = None) -> dict[str, Split]:
+    known = dict(known or {})
+    return {**known, **assign_splits(items, cfg, known, Task.MULTILABEL)}
+
+
+def _positives(items: list[Item], cfg: SplitConfig,
+               groups: dict[str, Split]) -> dict[Split, Counter[str]]:
+    out: dict[Split, Counter[str]] = {s: Counter() for s in Split}
+    for item in items:
+        out[split_of(item, cfg, groups)].update([*parse_findings(item.label), "all"])
+    return out
+
+
+def test_multilabel_keeps_patients_whole_and_stratifies_every_finding() -> None:
+    cfg = SplitConfig(val=0.1, test=0.2, seed=0)
+    items = _ml_items(600)
+    groups = _ml_assign(items, cfg)
+    per_patient: dict[str, set[Split]] = {}
+    for item in items:
+        per_patient.setdefault(item.patient_id or "", set()).add(split_of(item, cfg, groups))
+    assert all(len(s) == 1 for s in per_patient.values())
+    pos = _positives(items, cfg, groups)
+    total = sum(pos[s]["all"] for s in Split)
+    for split, share in ((Split.TRAIN, 0.7), (Split.VAL, 0.1), (Split.TEST, 0.2)):
+        assert abs(pos[split]["all"] / total - share) < 0.03, pos
+        for finding in FINDINGS:
+            n = sum(pos[s][finding] for s in Split)
+            # each finding's positives are shared out like the images
+            assert abs(pos[split][finding] - share * n) <= max(2.0, 0.1 * n), (finding, pos)
+
+
+def test_rare_findings_reach_every_split_the_data_allows() -> None:
+    cfg = SplitConfig(val=0.1, test=0.2, seed=2)
+    items = _ml_items(60, rare={"Hernia": 3, "Mass": 2})
+    groups = _ml_assign(items, cfg)
+    pos = _positives(items, cfg, groups)
+    # 3 patients with Hernia: one in each split, though 10% of 3 rounds to none in val
+    assert all(pos[s]["Hernia"] > 0 for s in Split), pos
+    # 2 patients with Mass: train and test get one each; val cannot
+    assert pos[Split.TRAIN]["Mass"] and pos[Split.TEST]["Mass"] and not pos[Split.VAL]["Mass"]
+    # ... and the dataset says so
+    manifest = build_manifest([
+        {"key": i.key, "uri": i.uri, "frame": None, "content_hash": i.content_hash,
+         "label": i.label, "group": group_key(i, cfg.group_by),
+         "split": split_of(i, cfg, groups).value, "source": "s"} for i in items],
+        Task.MULTILABEL)
+    assert manifest.missing_findings() == {"val": ["Mass"]}
+
+
+def test_multilabel_is_seeded_and_known_groups_never_move() -> None:
+    items = _ml_items(80, rare={"Hernia": 4})
+    assert _ml_assign(items, SplitConfig(seed=3)) == _ml_assign(items, SplitConfig(seed=3))
+    assert _ml_assign(items, SplitConfig(seed=3)) != _ml_assign(items, SplitConfig(seed=4))
+    cfg = SplitConfig(seed=0)
+    before = _ml_assign(items, cfg)
+    grown = items + _ml_items(40, rare={"Mass": 3}, seed=1, offset=80)
+    after = _ml_assign(grown, cfg, known=before)
+    assert all(after[k] == v for k, v in before.items()) and len(after) == 120
+    pos = _positives(grown, cfg, after)
+    assert all(pos[s]["Mass"] > 0 for s in Split)  # the new rare finding is spread too

@@ -31,7 +31,7 @@ def test_forward_equals_predict_proba_and_embed(flip_tta: bool) -> None:
     np.testing.assert_allclose(feats, embed(model, x), atol=1e-5)
     assert feats.shape == (5, model.feature_dim)
     if flip_tta:  # the check above would not notice a forward that skipped the flips
-        unflipped = torch.softmax(model.head(model.backbone(torch.from_numpy(x))), 1)
+        unflipped = torch.softmax(model.single_view_logits(torch.from_numpy(x)), 1)
         assert np.abs(unflipped.detach().numpy() - probs).max() > 1e-4
 
 

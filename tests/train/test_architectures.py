@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from medops.config.enums import Architecture
 from medops.config.schema import AugmentConfig, ModelConfig
 from medops.errors import ConfigError, WeightsUnavailableError
 from medops.train import (
+    BackboneClassifier,
     Classifier,
     ModelSpec,
     build_model,
@@ -37,7 +39,7 @@ def _forward(model: Classifier, channels: int, size: int = 32) -> torch.Tensor:
 def test_every_architecture_builds_and_runs(arch: Architecture) -> None:
     variants = [(1, 4, True)] if arch in _BIG else [(1, 4, True), (3, 2, False)]
     for channels, classes, small in variants:
-        model = build_model(ModelSpec(arch, channels, classes, small))
+        model = _tv(ModelSpec(arch, channels, classes, small))
         logits = _forward(model, channels)
         assert logits.shape == (2, classes)
         assert torch.isfinite(logits).all()
@@ -47,24 +49,31 @@ def test_every_architecture_builds_and_runs(arch: Architecture) -> None:
         assert model.spec.architecture == arch.value
 
 
-def _conv(model: Classifier, path: str) -> nn.Conv2d:
+def _tv(spec: ModelSpec, **kwargs: Any) -> BackboneClassifier:
+    """A built-in (torchvision) model, typed as such."""
+    model = build_model(spec, **kwargs)
+    assert isinstance(model, BackboneClassifier)
+    return model
+
+
+def _conv(model: BackboneClassifier, path: str) -> nn.Conv2d:
     conv = model.backbone.get_submodule(path)
     assert isinstance(conv, nn.Conv2d)
     return conv
 
 
 def test_small_input_stems() -> None:
-    resnet = build_model(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True))
+    resnet = _tv(ModelSpec(Architecture.RESNET18, 1, 2, small_input=True))
     assert _conv(resnet, "conv1").kernel_size == (3, 3)
     assert _conv(resnet, "conv1").stride == (1, 1)
     assert isinstance(resnet.backbone.get_submodule("maxpool"), nn.MaxPool2d)
-    dense = build_model(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True))
+    dense = _tv(ModelSpec(Architecture.DENSENET121, 3, 2, small_input=True))
     assert _conv(dense, "features.conv0").stride == (1, 1)
     assert isinstance(dense.backbone.get_submodule("features.pool0"), nn.MaxPool2d)
-    mobile = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True))
+    mobile = _tv(ModelSpec(Architecture.MOBILENET_V2, 1, 2, small_input=True))
     assert _conv(mobile, "features.0.0").stride == (1, 1)
     assert _conv(mobile, "features.0.0").in_channels == 1
-    standard = build_model(ModelSpec(Architecture.RESNET18, 3, 2, small_input=False))
+    standard = _tv(ModelSpec(Architecture.RESNET18, 3, 2, small_input=False))
     assert _conv(standard, "conv1").kernel_size == (7, 7)
     assert _conv(standard, "conv1").stride == (2, 2)
 
@@ -80,8 +89,8 @@ def test_spec_round_trips_through_json() -> None:
 
 def test_flip_tta_averages_the_mirror_in_eval_mode_only() -> None:
     torch.manual_seed(0)
-    plain = build_model(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False))
-    tta = build_model(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False, flip_tta=True))
+    plain = _tv(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False))
+    tta = _tv(ModelSpec(Architecture.RESNET18, 1, 3, small_input=False, flip_tta=True))
     tta.load_state_dict(plain.state_dict())
     x = torch.randn(4, 1, 32, 32)
     plain.eval(), tta.eval()
@@ -110,7 +119,7 @@ def test_flip_tta_in_spec_and_config() -> None:
     old = {k: v for k, v in spec.to_dict().items() if k not in ("flip_tta", "small_input_pool")}
     rebuilt = ModelSpec.from_dict(old)
     assert rebuilt.flip_tta is False and rebuilt.small_input_pool is False
-    assert isinstance(build_model(rebuilt).backbone.get_submodule("maxpool"), nn.Identity)
+    assert isinstance(_tv(rebuilt).backbone.get_submodule("maxpool"), nn.Identity)
     auto = ModelConfig()
     assert resolve_flip_tta(auto, AugmentConfig()) is True
     assert resolve_flip_tta(auto, AugmentConfig(hflip=False)) is False
@@ -135,14 +144,14 @@ def test_local_weights_file_rgb_and_summed_to_grey(tmp_path: Path) -> None:
     reference = torchvision.models.resnet18()
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
-    rgb = build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=path).backbone
+    rgb = _tv(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=path).backbone
     for name in ("conv1.weight", "layer3.1.conv2.weight", "bn1.bias"):
         torch.testing.assert_close(_w(rgb, name), _w(reference, name))
-    grey = build_model(ModelSpec(Architecture.RESNET18, 1, 2, False), weights=path).backbone
+    grey = _tv(ModelSpec(Architecture.RESNET18, 1, 2, False), weights=path).backbone
     summed = _w(reference, "conv1.weight").sum(1, keepdim=True)
     torch.testing.assert_close(_w(grey, "conv1.weight"), summed)
     # a small-input stem has a 3x3 kernel: it starts fresh, the rest is loaded
-    small = build_model(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=path).backbone
+    small = _tv(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=path).backbone
     assert _w(small, "conv1.weight").shape == (64, 1, 3, 3)
     name = "layer1.0.conv1.weight"
     torch.testing.assert_close(_w(small, name), _w(reference, name))
@@ -152,7 +161,7 @@ def test_local_weights_keep_a_stride_one_stem(tmp_path: Path) -> None:
     reference = torchvision.models.mobilenet_v2()
     path = tmp_path / "mobilenet_v2.pth"
     torch.save(reference.state_dict(), path)
-    model = build_model(ModelSpec(Architecture.MOBILENET_V2, 1, 3, True), weights=path)
+    model = _tv(ModelSpec(Architecture.MOBILENET_V2, 1, 3, True), weights=path)
     summed = _w(reference, "features.0.0.weight").sum(1, keepdim=True)
     torch.testing.assert_close(_w(model.backbone, "features.0.0.weight"), summed)
     assert _forward(model, 1).shape == (2, 3)
@@ -160,18 +169,18 @@ def test_local_weights_keep_a_stride_one_stem(tmp_path: Path) -> None:
 
 def test_missing_weights_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsUnavailableError, match=r"does not exist.*model\.weights"):
-        build_model(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=tmp_path / "missing.pth")
+        _tv(ModelSpec(Architecture.RESNET18, 1, 2, True), weights=tmp_path / "missing.pth")
 
 
 def test_incompatible_or_corrupt_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
     with pytest.raises(WeightsUnavailableError, match="do not fit resnet50"):
-        build_model(ModelSpec(Architecture.RESNET50, 3, 2, False), weights=path)
+        _tv(ModelSpec(Architecture.RESNET50, 3, 2, False), weights=path)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsUnavailableError, match="cannot be read"):
-        build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=garbage)
+        _tv(ModelSpec(Architecture.RESNET18, 3, 2, False), weights=garbage)
 
 
 def test_pretrained_offline_without_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,4 +191,4 @@ def test_pretrained_offline_without_cache(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     with pytest.raises(WeightsUnavailableError, match=r"ResNet18_Weights.*model\.weights"):
-        build_model(ModelSpec(Architecture.RESNET18, 3, 2, False), pretrained=True)
+        _tv(ModelSpec(Architecture.RESNET18, 3, 2, False), pretrained=True)

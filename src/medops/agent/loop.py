@@ -161,7 +161,7 @@ class Agent:
             path = local_path(self.ws.root, source.path, key="data.source.path")
             path.mkdir(parents=True, exist_ok=True)
             watch = FolderWatch(FolderSource(path.resolve(), cfg.data.labels, cfg.data.frames,
-                                             csv_root=self.ws.root),
+                                             csv_root=self.ws.root, task=cfg.task),
                                 self.state, cfg.agent.watch_quiet, self.wake, self.stopping)
             watch.start()
             self._threads.append(watch)

@@ -48,7 +48,7 @@ def validate_pending(ws: _Source) -> int:
         return 0
     known = {i.key: i.uri for i in state.items(ItemStatus.OK)}
     with (ws.executor() if len(pending) >= _POOL_FROM else SerialExecutor()) as pool:
-        verdicts = validate_items(pending, pool, known)
+        verdicts = validate_items(pending, pool, known, ws.config.task)
     state.update_items((item.id, {"status": status, "reason": reason})
                        for item, status, reason in verdicts if item.id is not None)
     return len(pending)

@@ -22,6 +22,7 @@ def data_import(
                                     help="A source of data.sources in medops.yaml."),
     event: Path | None = typer.Option(
         None, "--event", help="HealthImaging EventBridge events (JSON) naming image sets."),
+    set_: list[str] | None = typer.Option(None, "--set", help="Override: KEY=VALUE."),
     project: Path | None = ProjectOpt, json_out: bool = JsonOpt,
 ) -> None:
     """Add images to the project's catalog; network sources continue from their cursor.
@@ -29,13 +30,13 @@ def data_import(
     Examples: medops data import breastmnist_28.npz ·
     medops data import s3://scans/chest/ · medops data import --source pacs ·
     medops data import healthimaging://DATASTORE/IMAGESET · medops data import --source ahi
-    --event event.json
+    --event event.json · medops data import scans/ --set data.frames=each
     """
     from medops.project import import_source
 
     if source is not None and name is not None:
         raise typer.BadParameter("give either SOURCE or --source NAME, not both")
-    result = import_source(load_project(project), source, name, event)
+    result = import_source(load_project(project, set_), source, name, event)
     if json_out:
         print_json(result)
         return

@@ -110,9 +110,9 @@ def run(project: Path | None = ProjectOpt,
 def runs_ls(project: Path | None = ProjectOpt, limit: int = 20,
             json_out: bool = JsonOpt) -> None:
     """Recent runs, newest first."""
-    proj = _project(project)
-    proj.state.mark_dead_runs_interrupted()
-    runs = proj.state.list_runs(limit)
+    from medops.api import Session
+
+    runs = [r.record for r in Session(_project(project)).runs(limit)]
     if json_out:
         print_json([run_to_dict(r) for r in runs])
     else:
@@ -124,9 +124,9 @@ def runs_ls(project: Path | None = ProjectOpt, limit: int = 20,
 def runs_show(run_id: str, project: Path | None = ProjectOpt,
               json_out: bool = JsonOpt) -> None:
     """One run's steps, timings, outputs and errors (an id prefix is enough)."""
-    proj = _project(project)
-    proj.state.mark_dead_runs_interrupted()
-    record = proj.state.get_run(run_id)
+    from medops.api import Session
+
+    record = Session(_project(project)).get_run(run_id).record
     if json_out:
         print_json(run_to_dict(record))
     else:

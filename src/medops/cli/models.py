@@ -23,15 +23,9 @@ NoteOpt = typer.Option(..., "--note", help="Why (recorded in the audit log).")
 
 
 def _lifecycle(project: Path | None, name: str | None) -> ModelLifecycle:
-    from medops.registry import ModelLifecycle, ModelRegistry
+    from medops.api import Session
 
-    proj = load_project(project)
-    if name is None or name == proj.config.model_name:
-        registry = proj.registry
-    else:
-        registry = ModelRegistry(proj.tracker.client, name, proj.artifacts / "models")
-        registry.check_exists()  # the project's own model has no versions before its first run
-    return ModelLifecycle(registry, proj.state)
+    return Session(load_project(project)).lifecycle(name)
 
 
 def _when(dt: datetime | None) -> str:
@@ -159,3 +153,65 @@ def models_history(name: str = typer.Argument(..., help="Registered model name."
         table.add_row(d.version, _when(d.live_from), _when(d.live_until) if d.live_until
                       else "[green]live[/green]", d.action, d.actor, d.note)
     console.print(table)
+
+
+@models_app.command("fetch")
+@handle_errors
+def models_fetch(source: str = typer.Argument(..., help="An http(s) URL, or a local file."),
+                 sha256: str | None = typer.Option(
+                     None, "--sha256", help="The file's SHA-256 (required for a URL)."),
+                 name: str | None = typer.Option(
+                     None, "--name", help="File name to find it by (default: its own)."),
+                 project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Put pretrained weights in the project's store (.medops/weights/SHA256); print the path.
+
+    A URL is downloaded and checked against --sha256 (a file with another hash is not kept); a
+    local file is copied in, and checked when --sha256 is given. model.weights: URL with
+    model.weights_sha256: HEX then trains from the stored file, offline.
+
+    Example: medops models fetch https://example.org/net.pt --sha256 9f86d08...
+    """
+    from medops.api import Session
+
+    path = Session(load_project(project)).fetch_weights(source, sha256, name=name)
+    if json_out:
+        print_json({"path": str(path), "sha256": path.name, "source": source})
+    else:
+        console.print(str(path), highlight=False, soft_wrap=True)
+
+
+@models_app.command("import")
+@handle_errors
+def models_import(source: str = typer.Argument(..., help="txv:NAME, a TorchXRayVision model."),
+                  name: str | None = typer.Option(
+                      None, "--name", help="Registered model (default: the project's)."),
+                  approve: bool = typer.Option(
+                      False, "--approve", help="Make it the live champion at once."),
+                  by: str | None = typer.Option(
+                      None, "--by", help="With --approve: who signs off (audit log)."),
+                  note: str | None = typer.Option(
+                      None, "--note", help="With --approve: why (audit log)."),
+                  project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
+    """Register a pretrained model as a new version, without training.
+
+    txv:NAME is TorchXRayVision's network with its weights from the project's store (found by
+    TorchXRayVision's file name; see `medops models fetch`): a multi-label model of its
+    findings, its input convention as the preprocessing profile, its operating points as the
+    per-finding thresholds. Like a trained version it is pending, alias candidate, until
+    approved; --approve --by WHO --note WHY approves it at once.
+
+    Example: medops models import txv:densenet121-res224-all --approve --by "Dr. Lee" --note "seed"
+    """
+    from medops.api import Session
+    from medops.errors import ConfigError
+
+    if approve and not (by and note):
+        raise ConfigError("--approve needs --by WHO and --note WHY (they go to the audit log)")
+    done = Session(load_project(project)).import_model(
+        source, name=name, by=by if approve else None, note=note if approve else None)
+    if json_out:
+        print_json(done.to_dict())
+    else:
+        console.print(f"{done.name} v{done.version} registered from {done.source} "
+                      f"({len(done.findings)} findings, weights {done.weights_sha256[:12]}), "
+                      f"{done.approval}", highlight=False, soft_wrap=True)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
 from medops.cli.render import console, print_json
+
+if TYPE_CHECKING:
+    from medops.monitor.quality import FindingQuality
 
 
 @handle_errors
@@ -39,6 +43,8 @@ def monitor(window: str | None = typer.Option(None, "--window",
             console.print(f"  drift: {t.name} p={t.p_value:.3g} (threshold {t.threshold:.3g})",
                           highlight=False)
     if result.quality is not None:
+        for f in result.quality.findings:
+            console.print(f"  {_finding_line(f)}", highlight=False)
         for c in result.quality.degraded:
             console.print(f"  quality: {c.name} {c.live:.3f} vs test {c.reference:.3f}",
                           highlight=False)
@@ -46,3 +52,12 @@ def monitor(window: str | None = typer.Option(None, "--window",
         console.print(f"report: {result.report}", highlight=False)
     if result.event_id is not None:
         console.print(f"event drift.detected #{result.event_id} stored", highlight=False)
+
+
+def _finding_line(f: FindingQuality) -> str:
+    """A multi-label model's live quality on one finding, from the feedback labels."""
+    def num(v: float | None) -> str:
+        return "-" if v is None or v != v else f"{v:.3f}"
+
+    return (f"finding {f.name}: AUC {num(f.auc)} (test {num(f.reference_auc)}), F1 {num(f.f1)}"
+            f" at threshold {f.threshold:.3g}, {f.positives} of {f.n} labelled positive")

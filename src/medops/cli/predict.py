@@ -22,14 +22,9 @@ _SHOWN_ERRORS = 20  # the output file has every error; the terminal shows the fi
 
 
 def _predictor(project: Path | None, model: str | None, batch_size: int) -> Predictor:
-    from medops.registry import ModelRegistry
-    from medops.serve.batch import ModelRef, Predictor
+    from medops.api import Session
 
-    proj = load_project(project)
-    ref = ModelRef.parse(model, proj.config.model_name)
-    registry = proj.registry if ref.name == proj.config.model_name else \
-        ModelRegistry(proj.tracker.client, ref.name, proj.artifacts / "models")
-    return Predictor.from_registry(registry, ref, batch_size)
+    return Session(load_project(project)).predictor(model, batch_size)
 
 
 def _files(endpoint_url: str | None) -> Any:
@@ -43,7 +38,7 @@ def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG file
             model: str | None = ModelOpt, batch_size: int = BatchSizeOpt,
             endpoint_url: str | None = EndpointOpt, project: Path | None = ProjectOpt,
             json_out: bool = JsonOpt) -> None:
-    """Predict files now: class probabilities and label per file.
+    """Predict files now: probabilities, label or findings per file.
 
     Exits 5 when a file could not be read or decoded (its row says why).
 
@@ -59,6 +54,8 @@ def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG file
     records = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
     if json_out:
         print_json(records)
+    elif predictor.model.labels.multilabel:
+        console.print(_findings_table(predictor, records))
     else:
         table = Table(title=f"{predictor.name} v{predictor.version}")
         probs = [c for c in rows.columns if c.startswith("p_")]
@@ -73,6 +70,26 @@ def predict(files: list[str] = typer.Argument(..., help="DICOM, PNG or JPEG file
         raise typer.Exit(exit_code_for(DataError()))
 
 
+_TOP_FINDINGS = 3  # a multi-label table names the most probable findings; --json has all
+
+
+def _findings_table(predictor: Predictor, records: list[dict[str, Any]]) -> Any:
+    """One row per file: its positive findings (at the model's thresholds) and the most
+    probable findings with their probabilities: a model may have 18 findings, too many
+    columns for a terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"{predictor.name} v{predictor.version}")
+    for col in ("file", "findings", "most probable", "error"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        probs = {c: r[f"p_{c}"] for c in predictor.model.classes if r[f"p_{c}"] is not None}
+        top = sorted(probs.items(), key=lambda kv: -kv[1])[:_TOP_FINDINGS]
+        table.add_row(r["uri"], r["label"] or "-",
+                      ", ".join(f"{c} {p:.3f}" for c, p in top) or "-", r["error"] or "")
+    return table
+
+
 @handle_errors
 def batch_predict(source: str = typer.Argument(
                       ..., help="A folder, a Parquet manifest (column uri) or an s3:// prefix."),
@@ -85,8 +102,8 @@ def batch_predict(source: str = typer.Argument(
                   project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Predict a folder, manifest or S3 prefix into Parquet or CSV.
 
-    Every image found is predicted. Resumable: a re-run skips files already predicted. Bad files get their error in the
-    output and the summary; they never stop the batch.
+    Every image found is predicted. Resumable: a re-run skips files already predicted. Bad
+    files get their error in the output and the summary; they never stop the batch.
 
     Example: medops batch-predict data/incoming --out preds.parquet
     """

@@ -67,6 +67,8 @@ def feedback_import(csv_file: Path = typer.Argument(..., help="CSV with columns 
                     project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Add ground-truth labels for served requests (request ids from the predict answers).
 
+    A multi-label model's labels are its findings: Effusion|Cardiomegaly, or No Finding.
+
     Example: medops feedback import labels.csv
     """
     from medops.monitor import CaptureStore

@@ -45,6 +45,9 @@ class WindowMode(StrEnum):
 class Normalize(StrEnum):
     ZSCORE = "zscore"  # per image: (x - mean) / std
     MINMAX = "minmax"  # per image: to [0, 1]
+    # TorchXRayVision's scaling: the range the file's bit depth allows to [-1024, 1024], colour
+    # averaged to grey (xrv.datasets.normalize); the profile of every txv:NAME model
+    TXV = "txv"
 
 
 class Architecture(StrEnum):
@@ -78,10 +81,14 @@ class Device(StrEnum):
 
 
 class GateMetric(StrEnum):
+    """What the gate compares. A multi-label model's ``auc`` is its macro AUC over findings."""
+
     AUC = "auc"
-    ACCURACY = "accuracy"
-    BALANCED_ACCURACY = "balanced_accuracy"
+    ACCURACY = "accuracy"  # multiclass only
+    BALANCED_ACCURACY = "balanced_accuracy"  # multiclass only
     F1_MACRO = "f1_macro"
+    MACRO_AUC = "macro_auc"  # multilabel only: the mean of the per-finding AUCs
+    MICRO_AUC = "micro_auc"  # multilabel only: the AUC of all (image, finding) pairs pooled
 
 
 class Approval(StrEnum):

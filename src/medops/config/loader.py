@@ -139,6 +139,8 @@ def _field_names(loc: list[str]) -> list[str]:
 
 
 def _enum_choices(loc: list[str]) -> list[str]:
+    if not loc:  # a validator of the whole config (one that relates several sections)
+        return []
     model = _model_at(loc[:-1])
     field = _field(model, loc[-1]) if model else None
     if field is None:

@@ -12,6 +12,8 @@ ENTRY_POINT = re.compile(
     r"^(?P<module>[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*|[^:]+\.py):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$"
 )
 TXV_PREFIX = "txv:"
+TXV_DEFAULT_RESOLUTION = 224
+_TXV_RES = re.compile(r"-res(\d+)-")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -21,6 +23,19 @@ def is_builtin(architecture: str) -> bool:
 
 def is_txv(architecture: str) -> bool:
     return architecture.startswith(TXV_PREFIX)
+
+
+def txv_name(architecture: str) -> str:
+    """The TorchXRayVision weights name of ``txv:NAME``."""
+    return architecture[len(TXV_PREFIX):].strip()
+
+
+def txv_resolution(architecture: str) -> int:
+    """The side in pixels a ``txv:NAME`` model was trained at: the ``resNNN`` of its name
+    (``densenet121-res224-all``: 224, ``resnet50-res512-all``: 512); 224 for the short aliases
+    (``all``, ``nih``...), which all name 224 px DenseNets."""
+    m = _TXV_RES.search(txv_name(architecture))
+    return int(m.group(1)) if m else TXV_DEFAULT_RESOLUTION
 
 
 def is_url(value: str) -> bool:

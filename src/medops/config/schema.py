@@ -43,11 +43,17 @@ class _Strict(BaseModel):
 
 
 class LabelsConfig(_Strict):
+    """Where labels come from. With ``task: multilabel`` the CSV gives findings: either
+    ``label_column`` holds them joined by ``|`` (NIH ChestX-ray14's ``Finding Labels``, with
+    ``No Finding`` for none), or ``finding_columns`` lists one 0/1 column per finding (``auto``:
+    every column but the id and patient ones whose values are all 0, 1 or blank)."""
+
     from_: LabelsFrom = Field(LabelsFrom.FOLDER_NAMES, alias="from")
     csv: str | None = None
     id_column: str = "path"  # the CSV column naming the file, relative to the source path
     label_column: str = "label"
     patient_column: str | None = None
+    finding_columns: list[str] | Literal["auto"] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -55,6 +61,38 @@ class LabelsConfig(_Strict):
     def _csv_needs_file(self) -> LabelsConfig:
         if self.from_ is LabelsFrom.CSV and not self.csv:
             raise ValueError("labels.from is 'csv' but labels.csv (the CSV file) is not set")
+        return self
+
+    @model_validator(mode="after")
+    def _finding_columns(self) -> LabelsConfig:
+        cols = self.finding_columns
+        if cols is None:
+            return self
+        if self.from_ is not LabelsFrom.CSV:
+            raise ValueError(f"labels.finding_columns is set but labels.from is "
+                             f"{self.from_.value!r}; finding columns are read from a CSV (fix: "
+                             "labels.from: csv and labels.csv: FILE)")
+        if "label_column" in self.model_fields_set:
+            raise ValueError(f"labels.label_column ({self.label_column!r}) and "
+                             "labels.finding_columns are both set; findings come from one "
+                             "0/1 column each or from one column of '|'-separated findings: "
+                             "keep one of them")
+        if cols == "auto":
+            return self
+        if not cols:
+            raise ValueError("labels.finding_columns is empty; list the 0/1 columns, or "
+                             "write 'auto'")
+        dupes = sorted({c for c in cols if cols.count(c) > 1})
+        taken = [c for c in cols if c in (self.id_column, self.patient_column)]
+        bad = [c for c in cols if "|" in c or c.strip() in ("", "No Finding")]
+        if dupes or taken or bad:
+            raise ValueError(
+                f"labels.finding_columns {cols}: "
+                + "; ".join(msg for msg in (
+                    f"{dupes} listed twice" if dupes else "",
+                    f"{taken} is the id or patient column" if taken else "",
+                    f"{bad} cannot name a finding (no '|', not empty, not 'No Finding')"
+                    if bad else "") if msg))
         return self
 
 
@@ -163,9 +201,26 @@ class TrainConfig(_Strict):
 
 
 class GateConfig(_Strict):
+    """``metric >= min`` (and above the champion's on the same test split). For a multi-label
+    model ``auc`` is the macro AUC over findings (as ``macro_auc``); ``finding`` gates on that
+    one finding's AUC instead (``metric`` stays ``auc``)."""
+
     metric: GateMetric = GateMetric.AUC
     min: float = Field(0.75, ge=0.0, le=1.0)
     must_beat_champion: bool = True
+    finding: str | None = None
+
+    @model_validator(mode="after")
+    def _finding_needs_auc(self) -> GateConfig:
+        if self.finding is not None:
+            if not self.finding.strip():
+                raise ValueError("gate.finding is empty; name a finding, or remove the key to "
+                                 "gate on the macro AUC")
+            if self.metric is not GateMetric.AUC:
+                raise ValueError(f"gate.finding ({self.finding!r}) gates on that finding's AUC, "
+                                 f"but gate.metric is {self.metric.value!r}; fix: gate.metric: "
+                                 "auc, or remove gate.finding")
+        return self
 
 
 class RegistryConfig(_Strict):
@@ -236,6 +291,35 @@ class MedopsConfig(_Strict):
     @property
     def model_name(self) -> str:
         return self.registry.name or f"{self.project}-classifier"
+
+    @model_validator(mode="after")
+    def _labels_fit_task(self) -> MedopsConfig:
+        if self.data.labels.finding_columns is not None and self.task is not Task.MULTILABEL:
+            raise ValueError(
+                f"data.labels.finding_columns gives each image a set of findings, but task is "
+                f"{self.task.value!r} (one class per image); fix: set task: multilabel, or "
+                "drop finding_columns and name the class column in data.labels.label_column")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_fits_task(self) -> MedopsConfig:
+        metric = self.gate.metric
+        if self.task is Task.MULTILABEL:
+            if metric in (GateMetric.ACCURACY, GateMetric.BALANCED_ACCURACY):
+                raise ValueError(
+                    f"gate.metric {metric.value!r} is a multiclass metric, but task is "
+                    "'multilabel'; fix: gate.metric: auc (the macro AUC over findings), "
+                    "micro_auc or f1_macro, or gate.finding: NAME for one finding's AUC")
+            return self
+        if metric in (GateMetric.MACRO_AUC, GateMetric.MICRO_AUC) or self.gate.finding:
+            what = f"gate.finding ({self.gate.finding!r})" if self.gate.finding \
+                else f"gate.metric {metric.value!r}"
+            raise ValueError(
+                f"{what} is for task: multilabel, but task is {self.task.value!r}; fix: "
+                "gate.metric: auc (for several classes already the macro one-vs-rest AUC)"
+                + (", and remove gate.finding" if self.gate.finding else "")
+                + ", or set task: multilabel")
+        return self
 
 
 def resolve_path(root: Path, value: str) -> Path:

@@ -8,8 +8,10 @@ import yaml
 
 _TEMPLATE = """\
 # medops project configuration. Every key is optional except `project`;
-# the values shown are the defaults. Docs: https://github.com/medops/medops#configuration
+# the values shown are the defaults. Docs: README.md, section "Configuration", and docs/
+# in the medops source; `medops --help` lists the commands.
 project: {project}
+task: multiclass          # one class per image; multilabel: any set of findings per image
 
 data:
   # Where images come from. kind: folder (DICOM, PNG, JPEG; DICOM found by extension or preamble)
@@ -18,6 +20,9 @@ data:
   # Labels from sub-folder names (data/raw/<label>/...), or from a CSV:
   #   labels: {{from: csv, csv: labels.csv, id_column: path, label_column: label,
   #             patient_column: patient}}
+  # With top-level `task: multilabel` the CSV gives findings: label_column holds them joined
+  # by '|' (NIH's "Finding Labels", `No Finding` for none), or one 0/1 column each:
+  #   finding_columns: [Effusion, Cardiomegaly]   (or auto)
   labels: {{from: folder-names}}
   frames: middle          # multi-frame DICOM: middle frame, or `each` frame as its own item
   # Which DICOM instances become items (empty: all). Checked when this file is loaded.
@@ -48,8 +53,11 @@ preprocess:
 
 model:
   architecture: resnet18  # resnet18/34/50, densenet121, efficientnet_b0..b7, mobilenet_v2
+  # or your own network (docs/models.md): models/mynet.py:build, or
+  # monai.networks.nets:DenseNet121 with args: {{spatial_dims: 2}}, or a TorchXRayVision
+  # chest X-ray model to fine-tune: txv:densenet121-res224-all (its weights always load)
   pretrained: false       # true loads ImageNet weights (needs a download or `weights`)
-  weights: null           # a local torchvision weights file, for offline machines
+  weights: null           # a weights file, or an http(s) URL pinned by weights_sha256
   small_input: auto       # stride-1 stem for images under 64 px
   flip_tta: auto          # predict on the image and its mirror; auto: when training flips
 
@@ -66,7 +74,8 @@ train:
   recalibrate_bn: true    # then measure its batch-norm statistics again on the training set
 
 gate:
-  metric: auc             # auc, accuracy, balanced_accuracy, f1_macro
+  metric: auc             # auc, accuracy, balanced_accuracy, f1_macro; multilabel: auc
+                          # (= macro_auc), micro_auc, f1_macro, or gate.finding: NAME
   min: {gate_min}
   must_beat_champion: true
 

@@ -236,23 +236,36 @@ def to_display(
 
     Higher values always mean brighter. Colour images (RGB, palette) get no LUTs.
     """
+    return to_display_with_range(stored, header, index, window)[0]
+
+
+def to_display_with_range(
+    stored: np.ndarray, header: DicomHeader, index: int, window: WindowMode
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """:func:`to_display` and the range its values can take: what the bit depth, the modality
+    LUT and the window allow (``(0, 2**BitsStored - 1)`` for plain unsigned stored values),
+    not the range of this image's pixels."""
     try:
-        return _to_display(stored, header, index, window)
+        values, lo, hi = _to_display(stored, header, index, window)
     except Exception as exc:  # a malformed LUT element, say: the file is at fault
         raise UnreadableImageError(
             f"{header.name}: cannot apply the modality/palette LUT ({_why(exc)})"
         ) from exc
+    return values, (lo, hi)
 
 
 def _to_display(
     stored: np.ndarray, header: DicomHeader, index: int, window: WindowMode
-) -> np.ndarray:
+) -> tuple[np.ndarray, float, float]:
     ds = header.dataset
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
-        return np.asarray(apply_color_lut(stored, ds), dtype=np.float32)
+        rgb = apply_color_lut(stored, ds)
+        top = np.iinfo(rgb.dtype).max if np.issubdtype(rgb.dtype, np.integer) else 1.0
+        return np.asarray(rgb, dtype=np.float32), 0.0, float(top)
     if stored.ndim == 3:
-        return stored.astype(np.float32)
+        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+        return stored.astype(np.float32), 0.0, float(2**bits - 1)
 
     view = _frame_view(ds, index)
     lo, hi = _modality_range(view)
@@ -263,7 +276,7 @@ def _to_display(
     if photometric == "MONOCHROME1":
         # Reflect within the output range so values stay where the pipeline put them.
         values = np.float32(lo + hi) - values
-    return values
+    return values, lo, hi
 
 
 # -- header helpers ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ One entry point per question, for DICOM, PNG and JPEG alike:
 - :func:`sniff_format` -- what is this file (magic bytes first, then the extension)?
 - :func:`probe` -- its size, frames, colour and DICOM identifiers, without decoding pixels;
 - :func:`read_pixels` -- one frame as float32, (H, W) or (H, W, 3), higher meaning brighter;
+  :func:`read_pixels_with_range` adds the range the file's bit depth allows;
 - :func:`read_stored_values` -- one DICOM frame exactly as stored (no LUTs), for checks.
 
 Failures raise :class:`~medops.errors.UnreadableImageError` (corrupt, truncated, not an image)
@@ -125,6 +126,16 @@ def read_pixels(
     middle frame; the modality LUT (or rescale) is applied, then with ``window=AUTO`` the
     file's VOI LUT or first window, and MONOCHROME1 is inverted. PNG/JPEG ignore ``window``.
     """
+    return read_pixels_with_range(source, frame, window)[0]
+
+
+def read_pixels_with_range(
+    source: Path | bytes, frame: int | None = None, window: WindowMode = WindowMode.AUTO
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """:func:`read_pixels` and the range (low, high) its values can take: what the format's bit
+    depth (and for DICOM the modality LUT and window) allows, not this image's own extremes.
+    8-bit PNG/JPEG: (0, 255); 16-bit PNG: (0, 65535); unsigned DICOM without rescale:
+    (0, 2**BitsStored - 1)."""
     with _opened(source) as (f, name, fmt):
         if fmt is ImageFormat.DICOM:
             header = dicom.read_header(f, name)
@@ -132,11 +143,12 @@ def read_pixels(
                 header = dicom.with_pixel_data(f, header)
             index = dicom.frame_index(header, frame)
             stored = dicom.decode_stored(f, header, index)
-            return dicom.to_display(stored, header, index, window)
+            return dicom.to_display_with_range(stored, header, index, window)
         if frame not in (None, 0):
             raise DataError(f"{name}: frame {frame} does not exist; {fmt} files have one frame")
         with _open_pil(f, name, fmt) as img:
-            return _pil_pixels(img, name)
+            pixels = _pil_pixels(img, name)
+            return pixels, _pil_range(img.mode, pixels)
 
 
 def read_stored_values(source: Path | bytes, frame: int | None = None) -> np.ndarray:
@@ -208,6 +220,16 @@ def _pil_pixels(img: Image.Image, name: str) -> np.ndarray:
         return np.asarray(img, dtype=np.float32)
     except Exception as exc:  # truncated or corrupt data surfaces only when decoding
         raise UnreadableImageError(f"{name}: cannot decode the image ({_why(exc)})") from exc
+
+
+def _pil_range(mode: str, pixels: np.ndarray) -> tuple[float, float]:
+    """The value range of a decoded PNG/JPEG: 16-bit modes to 65535, float images (no nominal
+    range) their own extremes, everything else (8 bits per sample) to 255."""
+    if mode.startswith("I;16") or mode == "I":  # a 16-bit grey PNG opens as I;16 or I
+        return 0.0, 65535.0
+    if mode == "F":
+        return float(pixels.min()), float(pixels.max())
+    return 0.0, 255.0
 
 
 def _why(exc: BaseException) -> str:

@@ -79,6 +79,13 @@ class LabelTask:
                 out[row, index[finding]] = 1.0
         return out
 
+    def texts(self, targets: np.ndarray, classes: Sequence[str]) -> list[str]:
+        """The inverse of :meth:`targets`: each row's stored text label."""
+        if not self.multilabel:
+            return [classes[int(i)] for i in np.asarray(targets).reshape(-1)]
+        return [format_findings(c for c, v in zip(classes, row, strict=True) if v >= 0.5)
+                for row in np.asarray(targets).reshape(len(targets), len(classes))]
+
     def decide(self, probs: np.ndarray, classes: Sequence[str],
                thresholds: Sequence[float] | None = None) -> list[list[str]]:
         """Per row of probabilities (N, K): the predicted class (a list of one), or the findings
@@ -91,6 +98,33 @@ class LabelTask:
     def label_text(self, decided: Sequence[str]) -> str:
         """One decision as the stored text label."""
         return format_findings(decided) if self.multilabel else decided[0]
+
+    def canonical(self, label: str | Sequence[str], classes: Sequence[str]) -> str:
+        """A ground-truth label given by a person (feedback) as the stored text, checked
+        against the model's outputs: one of the classes, or findings given as ``A|B`` text,
+        ``No Finding`` or a list (``[]``: no finding). :class:`LabelError` says what is wrong."""
+        if not self.multilabel:
+            if not isinstance(label, str):
+                raise LabelError(f"label {list(label)!r}: a multiclass model takes one class "
+                                 f"name, one of {list(classes)}")
+            if label.strip() not in classes:
+                raise LabelError(f"label {label!r} is not one of the model's classes "
+                                 f"{list(classes)}")
+            return label.strip()
+        if isinstance(label, str):
+            if not label.strip():
+                raise LabelError(f"an empty label; give the findings as 'A|B', or "
+                                 f"{NO_FINDING!r} for none")
+            findings = parse_findings(label)
+        else:
+            findings = parse_findings(FINDING_SEPARATOR.join(label))
+        unknown = [f for f in findings if f not in classes]
+        if unknown:
+            raise LabelError(f"label {label!r}: {', '.join(map(repr, unknown))} "
+                             f"{'is not a finding' if len(unknown) == 1 else 'are not findings'}"
+                             f" of the model; its findings are {list(classes)} (or "
+                             f"{NO_FINDING!r} for none)")
+        return format_findings(findings)
 
 
 def label_task(task: Task) -> LabelTask:

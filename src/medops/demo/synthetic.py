@@ -16,6 +16,9 @@ catches, and ``first_patient`` numbers their patients after the first batch's.
 
 Same seed and same environment give byte-identical files: all randomness comes from one
 ``numpy.random.Generator`` and UIDs are hashed from the seed, never from the clock.
+
+The multi-label mode, :func:`write_multilabel_dataset` (:mod:`medops.demo.multilabel`), draws
+co-occurring findings on the same anatomy and writes their labels as CSV files.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -42,6 +47,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
+if TYPE_CHECKING:
+    from medops.demo.multilabel import MultilabelDataset
+
 __all__ = [
     "LABELS",
     "NEW_DETECTOR",
@@ -52,6 +60,7 @@ __all__ = [
     "SyntheticDataset",
     "SyntheticImage",
     "make_synthetic_dataset",
+    "write_multilabel_dataset",
 ]
 
 NORMAL = "normal"
@@ -159,9 +168,13 @@ def _smooth_noise(rng: np.random.Generator, size: int, grid: int) -> np.ndarray:
     return w @ coarse @ w.T
 
 
+Lesions = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def _render(rng: np.random.Generator, size: int, a: _Anatomy, nodules: list[Nodule],
-            noise: float = 0.025) -> np.ndarray:
-    """One radiograph in [0, 1] (bright = dense), MONOCHROME2 orientation."""
+            noise: float = 0.025, lesions: Lesions | None = None) -> np.ndarray:
+    """One radiograph in [0, 1] (bright = dense), MONOCHROME2 orientation. ``lesions``, given
+    the exposure's coordinates, lung and heart masks, returns what to add before the noise."""
     y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     jx, jy = rng.normal(0.0, 0.03, 2)  # positioning differs between exposures
     x, y = x - jx, y - jy
@@ -186,6 +199,8 @@ def _render(rng: np.random.Generator, size: int, a: _Anatomy, nodules: list[Nodu
     img += 0.03 * _smooth_noise(rng, size, 14) * lungs  # vessels
     for nx, ny, r, amp in nodules:  # soft discs, brighter than anything else in the lungs
         img += amp / (1.0 + np.exp((np.hypot(x - nx, y - ny) - r) / (0.25 * r)))
+    if lesions is not None:
+        img += lesions(x, y, lungs, heart)
     img += rng.normal(0.0, noise, img.shape)  # quantum noise
     return np.clip(img, 0.0, 1.0)
 
@@ -372,3 +387,11 @@ def _write_broken(out_dir: Path, extras: dict[str, Dataset]) -> dict[Path, Break
     )
     broken[path] = Breakage.NOT_DICOM
     return broken
+
+
+def write_multilabel_dataset(folder: Path, **options: Any) -> MultilabelDataset:
+    """The multi-label mode: co-occurring findings, labels in NIH-format and 0/1-column CSVs
+    (:func:`medops.demo.multilabel.write_multilabel_dataset`, which takes ``options``)."""
+    from medops.demo.multilabel import write_multilabel_dataset as write
+
+    return write(folder, **options)

@@ -14,6 +14,9 @@ file decoded by :func:`~medops.data.images.read_pixels` with the profile's windo
 bounded sample: decoding large radiographs is the slow part), the penultimate-layer embedding
 (the head's input, :func:`medops.train.embed`) and the class probabilities
 (:func:`medops.train.predict_proba`, test-time flips included, as the server's forward pass).
+``label`` and ``predicted`` are text labels as the capture store keeps them: a class, or for a
+multi-label model the findings as one canonical text (``A|B``, ``No Finding``), the predicted
+ones at the model's per-finding thresholds; the metadata records the task.
 
 The file, ``baseline.parquet``, is packed into the registered model folder, so it travels with
 the version (``ModelRegistry.download``), and logged with the run's evaluation artifacts.
@@ -32,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from medops.config.enums import Task
+from medops.data.labels import label_task
 from medops.errors import DataError, MedopsError
 from medops.monitor.capture import STAT_NAMES, intensity_stats
 
@@ -48,12 +53,13 @@ STAT_COLUMNS = tuple(f"{p}_{n}" for p in ("pre", "raw") for n in STAT_NAMES)
 
 @dataclass(frozen=True)
 class ReferenceSplit:
-    """Images of one split: model inputs, label indices, and the original file (uri, frame)
-    of each row. ``probabilities`` may be passed when already computed (the test split's)."""
+    """Images of one split: model inputs, training targets, and the original file (uri,
+    frame) of each row. ``probabilities`` may be passed when already computed (the test
+    split's)."""
 
     name: str
     x: np.ndarray  # (N, C, H, W) float32, as the preprocess cache holds it
-    labels: np.ndarray  # (N,) class indices
+    labels: np.ndarray  # (N,) class indices, or (N, K) multi-hot findings (LabelTask.targets)
     files: Sequence[tuple[str, int | None]]
     probabilities: np.ndarray | None = None
 
@@ -69,6 +75,11 @@ class Baseline:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes", []))
+
+    @property
+    def task(self) -> Task:
+        """The model's task (baselines written before multi-label models: multiclass)."""
+        return Task(self.meta.get("task", Task.MULTICLASS.value))
 
     def save(self, path: Path) -> Path:
         import pyarrow as pa
@@ -106,11 +117,15 @@ class Baseline:
 def build_baseline(model: Classifier, classes: list[str], profile: PreprocessProfile,
                    splits: Sequence[ReferenceSplit], *, max_rows: int = 1000,
                    raw_sample: int = 200, seed: int = 0,
-                   meta: dict[str, Any] | None = None) -> Baseline:
+                   meta: dict[str, Any] | None = None,
+                   thresholds: Sequence[float] | None = None) -> Baseline:
     """The baseline of ``model`` over ``splits``: at most ``max_rows`` rows (a seeded random
-    sample when there are more), ``raw_*`` statistics for ``raw_sample`` of them."""
+    sample when there are more), ``raw_*`` statistics for ``raw_sample`` of them.
+    ``thresholds``: a multi-label model's per-finding thresholds (``classes`` order) that
+    decide ``predicted`` (default 0.5)."""
     from medops.train import embed, predict_proba
 
+    labels = label_task(model.spec.task)
     rng = np.random.default_rng(seed)
     total = sum(len(s.labels) for s in splits)
     keep = np.sort(rng.choice(total, max_rows, replace=False)) if total > max_rows \
@@ -129,8 +144,9 @@ def build_baseline(model: Classifier, classes: list[str], profile: PreprocessPro
         emb = embed(model, x)
         stats = pd.DataFrame([intensity_stats(image, "pre") for image in x])
         part = pd.DataFrame({
-            "split": split.name, "label": [classes[int(i)] for i in split.labels[rows]],
-            "predicted": [classes[int(i)] for i in np.argmax(probs, axis=1)],
+            "split": split.name, "label": labels.texts(split.labels[rows], classes),
+            "predicted": [labels.label_text(d)
+                          for d in labels.decide(probs, classes, thresholds)],
             "probabilities": list(np.asarray(probs, dtype=np.float64)),
             "embedding": list(np.asarray(emb, dtype=np.float32)),
             "_file": [split.files[int(i)] for i in rows]})
@@ -139,7 +155,8 @@ def build_baseline(model: Classifier, classes: list[str], profile: PreprocessPro
         raise DataError("no validation or test images to build the monitoring baseline from")
     frame = pd.concat(parts, ignore_index=True)
     frame = _add_raw_stats(frame, profile, raw_sample, rng)
-    full_meta = {"classes": list(classes), "created_at": datetime.now(timezone.utc).isoformat(),
+    full_meta = {"classes": list(classes), "task": labels.task.value,
+                 "created_at": datetime.now(timezone.utc).isoformat(),
                  "profile": profile.fingerprint(), "rows": len(frame),
                  "splits": {s: int((frame["split"] == s).sum()) for s in frame["split"].unique()},
                  "raw_rows": int(frame["raw_mean"].notna().sum()),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medops.errors import DataError, StoreError
+from medops.config.enums import Task
+from medops.data.labels import label_task
+from medops.errors import DataError, LabelError, StoreError
 
 CAPTURE_DIR = "capture"
 #: The statistics kept per image, for the preprocessed input (``pre_*``) and raw pixels (``raw_*``).
@@ -65,7 +67,7 @@ class CaptureRecord:
     time: datetime  # timezone-aware UTC
     model_name: str
     model_version: str
-    predicted: str
+    predicted: str  # the class, or the positive findings as one text ("A|B", "No Finding")
     classes: list[str]
     probabilities: list[float]
     input_format: str  # dicom, png or jpeg
@@ -73,6 +75,7 @@ class CaptureRecord:
     width: int
     stats: dict[str, float]  # intensity_stats(..., "pre") | intensity_stats(..., "raw")
     embedding: list[float] = field(default_factory=list)
+    task: str = Task.MULTICLASS.value  # multilabel: independent probabilities, findings text
 
     def row(self) -> dict[str, Any]:
         base = {k: getattr(self, k) for k in _RECORD_FIELDS}
@@ -92,7 +95,8 @@ class Feedback:
 
 
 _RECORD_FIELDS = ("request_id", "image", "time", "model_name", "model_version", "predicted",
-                  "classes", "probabilities", "input_format", "height", "width", "embedding")
+                  "classes", "probabilities", "input_format", "height", "width", "embedding",
+                  "task")
 
 
 def _record_schema() -> Any:
@@ -107,6 +111,8 @@ def _record_schema() -> Any:
         pa.field("probabilities", pa.list_(pa.float64())),
         pa.field("input_format", pa.string()), pa.field("height", pa.int32()),
         pa.field("width", pa.int32()), pa.field("embedding", pa.list_(pa.float32())), *stats,
+        # absent from files written before multi-label models: read as null (multiclass)
+        pa.field("task", pa.string()),
     ])
 
 
@@ -157,7 +163,8 @@ class CaptureStore:
 
         Unlike the HTTP endpoint (whose request may come before its capture is written), a
         file comes after the fact: every row must name a captured prediction and one of its
-        classes, or nothing is imported."""
+        classes (for a multi-label model: its findings as ``A|B``, or ``No Finding``), or
+        nothing is imported."""
         path = Path(path)
         try:
             with path.open(newline="", encoding="utf-8-sig") as f:
@@ -172,31 +179,37 @@ class CaptureStore:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"{path} is not a readable CSV file ({exc})") from exc
         captured = self._captured_classes()
+        checked = []
         for line, item in enumerate(items, start=2):
-            classes = captured.get((item.request_id, item.image))
-            if classes is None:
+            found = captured.get((item.request_id, item.image))
+            if found is None:
                 raise DataError(
                     f"{path}, line {line}: no captured prediction has request_id "
                     f"{item.request_id!r} (image {item.image}); use the request ids of the "
                     "predict answers, which a server stores within seconds of answering "
                     "(nothing was imported)")
-            if item.label not in classes:
-                raise DataError(f"{path}, line {line}: label {item.label!r} is not one of the "
-                                f"model's classes {classes} (nothing was imported)")
-        return self.add_feedback(items)
+            task, classes = found
+            try:
+                label = label_task(task).canonical(item.label, classes)
+            except LabelError as exc:
+                raise LabelError(f"{path}, line {line}: {exc} (nothing was imported)") from exc
+            checked.append(replace(item, label=label))
+        return self.add_feedback(checked)
 
-    def _captured_classes(self) -> dict[tuple[str, int], list[str]]:
-        """{(request id, image): the predicting model's classes} of every captured image."""
+    def _captured_classes(self) -> dict[tuple[str, int], tuple[Task, list[str]]]:
+        """{(request id, image): the predicting model's task and classes} of every captured
+        image."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = ["request_id", "image", "classes"]
+        columns = ["request_id", "image", "classes", "task"]
         tables = [pq.read_table(p, columns=columns, schema=_record_schema())
                   for _, p in self._files("requests")]
         if not tables:
             return {}
         rows = pa.concat_tables(tables).to_pylist()
-        return {(r["request_id"], r["image"]): r["classes"] for r in rows}
+        return {(r["request_id"], r["image"]): (Task(r["task"] or Task.MULTICLASS),
+                                                r["classes"]) for r in rows}
 
     def _write(self, kind: str, rows: list[dict[str, Any]], schema: Any) -> None:
         import pyarrow as pa

@@ -13,6 +13,11 @@ alarm on in-distribution traffic stays <= ``alpha``. A plain ``alpha / n_tests``
 threshold (0.0017 for alpha 0.05) lies below the smallest p-value 200 permutations can give
 (1/201), so the MMD could never raise an alarm. :func:`min_permutations` says how many
 permutations a threshold needs, and :func:`compare` uses at least that many.
+
+A multi-label model's findings each have a test of their own probability
+(``prediction:p_<finding>``, KS): its sigmoid outputs are separate columns, not a distribution
+over classes. They share the ``prediction`` group's part of alpha equally, so eighteen findings
+raise no more false alarms between them than one class probability would.
 """
 
 from __future__ import annotations

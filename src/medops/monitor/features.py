@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from medops.config.enums import Task
+from medops.data.labels import label_task
 from medops.monitor.baseline import STAT_COLUMNS, matrix
 
 # A reference statistic whose spread is this small relative to its size is fixed by the
@@ -32,9 +34,13 @@ class Features:
         return len(self.probabilities)
 
 
-def extract(frame: pd.DataFrame, classes: list[str]) -> Features:
-    """Intensity statistics, class probabilities (one column less for two classes: they sum
-    to one) and embeddings of ``frame``'s rows."""
+def extract(frame: pd.DataFrame, classes: list[str],
+            task: Task = Task.MULTICLASS) -> Features:
+    """Intensity statistics, class probabilities and embeddings of ``frame``'s rows.
+
+    Softmax probabilities of two classes sum to one: the first is left out, it would repeat
+    the test of the second. A multi-label model's per-finding sigmoid probabilities are
+    independent columns: each is tested (``prediction:p_<finding>``)."""
     scalars = {f"intensity:{c}": frame[c].to_numpy(np.float64)
                for c in STAT_COLUMNS if c in frame.columns}
     probs = matrix(frame["probabilities"]).astype(np.float64) if len(frame) \
@@ -42,7 +48,8 @@ def extract(frame: pd.DataFrame, classes: list[str]) -> Features:
     if probs.shape[1] != len(classes):
         raise ValueError(f"rows have {probs.shape[1]} class probabilities, the model "
                          f"{len(classes)} classes")
-    for k in (range(len(classes)) if len(classes) > 2 else [len(classes) - 1]):
+    every = len(classes) > 2 or label_task(task).multilabel
+    for k in (range(len(classes)) if every else [len(classes) - 1]):
         scalars[f"prediction:p_{classes[k]}"] = probs[:, k]
     emb = matrix(frame["embedding"]) if len(frame) else np.zeros((0, 0))
     embeddings = emb.astype(np.float32) if emb.ndim == 2 and emb.shape[1] > 0 else None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medops.monitor.features import Features
+from medops.monitor.quality import LIVE_METRICS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -180,11 +181,11 @@ def _quality_html(q: QualityReport) -> str:
     if not q.n_labelled:
         return "<h2>Quality</h2><p>No feedback labels in this window.</p>"
     live = ", ".join(f"{e(k)} {v:.3f}" for k, v in q.live.items()
-                     if isinstance(v, float) and v == v and k in ("accuracy", "auc",
-                                                                  "balanced_accuracy"))
+                     if isinstance(v, float) and v == v and k in LIVE_METRICS)
     head = (f"<h2>Quality</h2><p>{q.n_labelled} labelled images; live {live}. A metric is "
             f"degraded when significantly (one-sided, alpha {q.alpha:g}) below its test value "
             f"minus {q.max_drop:g}.</p>")
+    head += _findings_html(q)
     if not q.evaluated:
         return head + f"<p>Fewer than {q.min_labels} labels: not tested.</p>"
     rows = "".join(
@@ -193,6 +194,26 @@ def _quality_html(q: QualityReport) -> str:
         f"<td>{'yes' if c.degraded else ''}</td></tr>" for c in q.checks)
     return (head + "<table><tr><th>metric</th><th>live</th><th>test</th><th>n</th>"
             f"<th>p-value</th><th>degraded</th></tr>{rows}</table>")
+
+
+def _findings_html(q: QualityReport) -> str:
+    """A multi-label model's per-finding figures (nothing for other models)."""
+    if not q.findings:
+        return ""
+
+    def num(v: float | None) -> str:
+        return "" if v is None or v != v else f"{v:.3f}"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(f.name)}</td><td>{f.positives} of {f.n}</td>"
+        f"<td>{num(f.auc)}</td><td>{num(f.reference_auc)}</td><td>{f.threshold:.3g}</td>"
+        f"<td>{num(f.precision)}</td><td>{num(f.recall)}</td><td>{num(f.f1)}</td></tr>"
+        for f in q.findings)
+    return ("<h3>Per finding</h3><p>ROC-AUC of each finding's probability; precision, recall "
+            "and F1 of the findings called positive at the model's thresholds.</p>"
+            "<table><tr><th>finding</th><th>positives</th><th>AUC</th><th>test AUC</th>"
+            "<th>threshold</th><th>precision</th><th>recall</th><th>F1</th></tr>"
+            f"{rows}</table>")
 
 
 def write(path: Path, document: str) -> Path:

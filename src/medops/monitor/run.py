@@ -4,7 +4,9 @@
 (or a given one), and when it holds at least ``monitor.min_samples`` images compares it with
 the baseline packed in that version's model folder: KS (and PSI) on the intensity statistics,
 MMD on the embeddings, KS on the class probabilities, and, where feedback labels exist, live
-accuracy, AUC and per-class recall against the version's test metrics. It writes an HTML
+accuracy, AUC and per-class recall against the version's test metrics (for a multi-label model:
+KS on each finding's probability; per-finding AUC, F1 at the stored thresholds and recall, macro
+and micro AUC). It writes an HTML
 report under ``<artifacts>/monitor/``, logs it and the p-values to the version's MLflow run,
 stores the figures in ``monitor_results``, and, when drift or a quality drop is found, the event
 ``drift.detected`` with the idempotency key ``drift.detected:<model>:<version>:<window end>``:
@@ -28,7 +30,7 @@ from medops.monitor.baseline import BASELINE_FILE, Baseline
 from medops.monitor.capture import CaptureStore
 from medops.monitor.drift import DriftReport, compare
 from medops.monitor.features import extract, informative
-from medops.monitor.quality import QualityReport, assess
+from medops.monitor.quality import LIVE_METRICS, QualityReport, assess
 from medops.storage import EventKind, StateStore, drift_series_key
 from medops.storage.monitoring import MonitorRecord, MonitorResults
 
@@ -135,10 +137,13 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
         return MonitorResult(
             MonitorStatus.NO_BASELINE, name, version, start, end, n_current=len(frame),
             message=f"{name} v{version} has no monitoring baseline ({BASELINE_FILE} in its "
-                    "model folder): it was registered before medops wrote baselines; retrain "
-                    "(`medops run`) to monitor it")
-    classes = baseline.classes
-    reference, current = extract(baseline.frame, classes), extract(frame, classes)
+                    "model folder): it was imported pretrained (`medops models import`) or "
+                    "registered before medops wrote baselines, so there is no training data "
+                    "to compare traffic with; fine-tune it on the project's data (`medops run`) "
+                    "to monitor it")
+    classes, task = baseline.classes, baseline.task
+    reference = extract(baseline.frame, classes, task)
+    current = extract(frame, classes, task)
     tested = informative(reference)
     drift = compare({k: reference.scalars[k] for k in tested},
                     {k: current.scalars[k] for k in tested},
@@ -147,7 +152,7 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
     quality = assess(labels, current.probabilities, classes,
                      {**baseline.meta.get("test_metrics", {}), **_tag_metrics(info.tags)},
                      max_drop=cfg.quality.max_drop, min_labels=cfg.quality.min_labels,
-                     alpha=cfg.p_value)
+                     alpha=cfg.p_value, task=task, thresholds=_thresholds(ws, version, classes))
     reasons = sorted({t.group for t in drift.drifted})
     reasons += ["quality"] if quality.degraded else []
     status = MonitorStatus.DRIFT if reasons else MonitorStatus.OK
@@ -182,6 +187,18 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
 def _baseline(ws: MonitorWorkspace, version: str) -> Baseline | None:
     path = ws.registry.download(version) / "artifacts" / BASELINE_FILE
     return Baseline.load(path) if path.is_file() else None
+
+
+def _thresholds(ws: MonitorWorkspace, version: str, classes: list[str]) -> list[float] | None:
+    """A multi-label version's per-finding decision thresholds, as its model folder stores
+    them (None: 0.5 each, as the server decides)."""
+    import json
+
+    from medops.registry.packaging import META_FILE
+
+    path = ws.registry.download(version) / "artifacts" / META_FILE
+    found = json.loads(path.read_text()).get("thresholds") if path.is_file() else None
+    return [float(found.get(c, 0.5)) for c in classes] if found else None
 
 
 def _tag_metrics(tags: dict[str, str]) -> dict[str, float]:
@@ -223,7 +240,7 @@ def _log_to_mlflow(ws: MonitorWorkspace, run_id: str | None, out: MonitorResult,
     metrics["monitor_drift"] = 1.0 if out.detected else 0.0
     if out.quality is not None:
         metrics.update({f"monitor_live_{k}": v for k, v in out.quality.live.items()
-                        if k in ("accuracy", "auc", "balanced_accuracy")})
+                        if k in LIVE_METRICS})
     try:
         ws.tracker.log_metrics(run_id, metrics, step=int(out.window_end.timestamp()))
         ws.tracker.log_artifact(run_id, out.report, f"monitor/{stamp}")

@@ -9,7 +9,7 @@ from medops.pipeline.context import (
     reap_dead_runs,
 )
 from medops.pipeline.discard import Discarded, discard_run
-from medops.pipeline.gate import GateVerdict, decide
+from medops.pipeline.gate import GateVerdict, check_gate_finding, decide, gate_metric_name
 from medops.pipeline.interrupt import Interrupt
 from medops.pipeline.runner import STEPS, PipelineRunner, new_run_id
 
@@ -23,8 +23,10 @@ __all__ = [
     "RunContext",
     "SilentReporter",
     "Workspace",
+    "check_gate_finding",
     "decide",
     "discard_run",
+    "gate_metric_name",
     "new_run_id",
     "reap_dead_runs",
 ]

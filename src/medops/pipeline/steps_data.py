@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from medops.config.enums import SourceKind
+from medops.config.models import is_txv
 from medops.data.images import ImageFormat, ImageInfo
 from medops.data.manifest import build_manifest, load_manifest, save_manifest
 from medops.data.sources import FolderSource, NpzSource, Source
@@ -21,6 +22,7 @@ from medops.preprocess import (
     PreprocessTask,
     preprocess_items,
     resolve_profile,
+    txv_overrides,
 )
 from medops.storage import Item, ItemStatus
 from medops.storage.locations import local_path
@@ -36,7 +38,8 @@ def configured_source(ctx: RunContext) -> Source | None:
         return None
     if cfg.source.kind is SourceKind.NPZ:
         return NpzSource(path, ctx.ws.artifacts.parent / "data" / path.stem)
-    return FolderSource(path, cfg.labels, cfg.frames, csv_root=ctx.ws.root)
+    return FolderSource(path, cfg.labels, cfg.frames, csv_root=ctx.ws.root,
+                        task=ctx.config.task)
 
 
 def ingest(ctx: RunContext) -> dict[str, Any]:
@@ -67,18 +70,19 @@ def validate(ctx: RunContext) -> dict[str, Any]:
     known = {i.key: i.uri for i in state.items(ItemStatus.OK)}
     if pending:
         with ctx.ws.executor() as pool:
-            verdicts = validate_items(pending, pool, known)
+            verdicts = validate_items(pending, pool, known, ctx.config.task)
         state.update_items((item.id, {"status": status, "reason": reason})
                            for item, status, reason in verdicts if item.id is not None)
-    report = summarize(state.items(), len(pending), ctx.config.data.min_items_per_class)
+    report = summarize(state.items(), len(pending), ctx.config.data.min_items_per_class,
+                       ctx.config.task)
     path = ctx.run_dir / "validation.json"
     path.write_text(json.dumps(report.to_dict(), indent=2))
     for warning in report.warnings:
         ctx.message(warning)
-    if len(report.class_counts) < 2:
+    unusable = report.unusable()
+    if unusable:
         raise DataError(
-            f"need at least 2 classes of valid items, found {report.class_counts or 'none'}; "
-            f"{len(report.quarantined)} item(s) quarantined (see {path})")
+            f"{unusable}; {len(report.quarantined)} item(s) quarantined (see {path})")
     return {"checked": report.checked, "ok": report.ok,
             "quarantined": len(report.quarantined), "class_counts": report.class_counts,
             "report": str(path)}
@@ -88,22 +92,27 @@ def split(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config.data.split
     items = ctx.ws.state.items(ItemStatus.OK)
     known = ctx.ws.state.split_groups()
-    new_groups = assign_splits(items, cfg, known)
+    new_groups = assign_splits(items, cfg, known, ctx.config.task)
     ctx.ws.state.assign_split_groups(new_groups)
     groups = {**known, **new_groups}
     rows = [{"key": i.key, "uri": i.uri, "frame": i.frame, "content_hash": i.content_hash,
              "label": i.label, "group": group_key(i, cfg.group_by),
              "split": split_of(i, cfg, groups).value, "source": i.source} for i in items]
-    manifest = build_manifest(rows)
-    folder = ctx.ws.artifacts / "datasets" / manifest.version
-    save_manifest(manifest, folder)
+    manifest = build_manifest(rows, ctx.config.task)
     counts = manifest.counts()
     for name in ("train", "val", "test"):
         if not counts.get(name):
             raise DataError(f"the {name} split is empty ({counts}); add data or change "
                             "data.split fractions")
+    folder = ctx.ws.artifacts / "datasets" / manifest.version
+    save_manifest(manifest, folder)
+    missing = manifest.missing_findings()
+    for name, findings in missing.items():
+        ctx.message(f"the {name} split has no positive image of {', '.join(findings)}: too few "
+                    "patients with these findings to place one in every split")
     return {"dataset_version": manifest.version, "manifest": str(folder),
-            "classes": manifest.classes, "counts": counts, "new_groups": len(new_groups)}
+            "task": str(manifest.task), "classes": manifest.classes, "counts": counts,
+            "missing_findings": missing, "new_groups": len(new_groups)}
 
 
 def _infos(items: list[Item]) -> list[ImageInfo]:
@@ -138,7 +147,11 @@ def preprocess(ctx: RunContext) -> dict[str, Any]:
     tasks = manifest_tasks(ctx)
     keys = {t.key for t in tasks}
     items = [i for i in ctx.ws.state.items(ItemStatus.OK) if i.key in keys]
-    profile = resolve_profile(ctx.config.preprocess, ctx.config.data.frames, _infos(items))
+    profile = resolve_profile(ctx.config.preprocess, ctx.config.data.frames, _infos(items),
+                              architecture=ctx.config.model.architecture)
+    if is_txv(ctx.config.model.architecture):
+        for note in txv_overrides(ctx.config.preprocess, profile):
+            ctx.message(note)
     cache = PreprocessCache(ctx.ws.artifacts / "cache" / "preprocess")
     with ctx.ws.executor() as pool:
         report = preprocess_items(tasks, profile, cache, pool, progress=ctx.progress)

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from medops.config import Approval
+from medops.config import Approval, Task
+from medops.config.models import is_txv
 from medops.data.manifest import load_manifest
-from medops.evaluate import compute_metrics, plot_confusion_matrix, plot_roc_curves
+from medops.evaluate import task_evaluation
 from medops.monitor.baseline import BASELINE_FILE, Baseline, ReferenceSplit, build_baseline
 from medops.pipeline.context import RunContext
-from medops.pipeline.gate import decide
+from medops.pipeline.gate import check_gate_finding, decide, gate_metric_name
 from medops.pipeline.lineage import lineage
 from medops.pipeline.steps_data import manifest_tasks, run_profile
 from medops.preprocess import PreprocessCache, PreprocessProfile, load_arrays, preprocess_items
@@ -28,11 +29,18 @@ from medops.train import (
     prune_checkpoints,
     resolve_flip_tta,
     resolve_small_input,
+    txv,
 )
 from medops.train import train_model as fit
+from medops.train.entrypoints import origin as entry_origin
+from medops.train.weights import WeightsStore
+from medops.train.weights import resolve as resolve_weights
 
 WEIGHTS = "model.pt"
-_TAGGED_METRICS = ("test_auc", "test_accuracy", "test_balanced_accuracy", "test_f1_macro")
+#: A multi-label model's per-finding decision thresholds, chosen on the validation split
+THRESHOLDS_FILE = "thresholds.json"
+_TAGGED_METRICS = ("test_auc", "test_accuracy", "test_balanced_accuracy", "test_f1_macro",
+                   "test_macro_auc", "test_micro_auc")
 
 
 def _cache(ctx: RunContext) -> PreprocessCache:
@@ -41,9 +49,8 @@ def _cache(ctx: RunContext) -> PreprocessCache:
 
 def _arrays(ctx: RunContext, split_name: str, profile: PreprocessProfile) -> ArrayData:
     manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
-    part = manifest.split(split_name)
     x = load_arrays(manifest_tasks(ctx, split_name), profile, _cache(ctx))
-    return ArrayData(x=x, y=part["label_index"].to_numpy(dtype=np.int64))
+    return ArrayData(x=x, y=manifest.targets(split_name))
 
 
 def _flat(prefix: str, obj: Any) -> dict[str, Any]:
@@ -59,17 +66,31 @@ def train(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config
     profile = run_profile(ctx)
     classes: list[str] = ctx.out("split", "classes")
+    check_gate_finding(cfg.gate, classes)  # before training, not after it
+    root = ctx.ws.root
     spec = ModelSpec(architecture=cfg.model.architecture, in_channels=profile.channels,
                      task=cfg.task, args=cfg.model.args,
                      num_classes=len(classes),
                      small_input=resolve_small_input(cfg.model, profile.size),
-                     flip_tta=resolve_flip_tta(cfg.model, cfg.train.augment))
+                     flip_tta=resolve_flip_tta(cfg.model, cfg.train.augment),
+                     origin=_origin(cfg.model.architecture, root), code_root=root)
+    # model.weights made a local, verified file (a URL is served from the weights store)
+    init = resolve_weights(cfg.model.weights, cfg.model.weights_sha256, root=root,
+                           store=WeightsStore.for_project(root))
+    if init is None and is_txv(cfg.model.architecture):
+        # TorchXRayVision's weights (always: naming them is the point), from the store under
+        # TorchXRayVision's file name
+        init = txv.find_weights(txv.weights_info(cfg.model.architecture),
+                                WeightsStore.for_project(root))
+    model_cfg = cfg.model if init is None else \
+        cfg.model.model_copy(update={"weights": str(init.path)})
     train_data, val_data = _arrays(ctx, "train", profile), _arrays(ctx, "val", profile)
     # Checkpoints are keyed by everything that shapes training, so `medops run` after a crash
     # continues where the killed process stopped, and a finished identical training is reused.
     key = json.dumps([ctx.out("split", "dataset_version"), profile.fingerprint(),
                       spec.to_dict(), cfg.model.model_dump(mode="json"),
-                      cfg.train.model_dump(mode="json")], sort_keys=True)
+                      cfg.train.model_dump(mode="json"),
+                      *([init.sha256] if init is not None else [])], sort_keys=True)
     ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
     # recorded now, not only on success: `medops runs discard` deletes an unfinished one
     ctx.ws.state.update_step(ctx.run_id, ctx.step, outputs={"checkpoint": str(ckpt)})
@@ -81,8 +102,14 @@ def train(ctx: RunContext) -> dict[str, Any]:
                                "dataset_version": ctx.out("split", "dataset_version"),
                                "preprocess_profile": profile.to_json(),
                                "n_train": len(train_data.y), "n_val": len(val_data.y),
+                               **_flat("model_origin", dict(spec.origin)),
+                               **_flat("init_weights", init.lineage() if init else {}),
                                **lineage(ctx.ws.root)})
-    tracker.set_tags(mlrun, {"dataset_version": ctx.out("split", "dataset_version")})
+    tracker.set_tags(mlrun, {"dataset_version": ctx.out("split", "dataset_version"),
+                             "architecture": spec.architecture,
+                             **({"model_origin": _origin_text(spec.origin)} if spec.origin
+                                else {}),
+                             **({"init_weights_sha256": init.sha256} if init else {})})
 
     def on_epoch(ep: Any) -> None:
         tracker.log_metrics(mlrun, {"train_loss": ep.train_loss, "val_loss": ep.val_loss,
@@ -93,7 +120,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                     + (" (best)" if ep.best_so_far else ""))
         ctx.interrupt.check()  # the epoch is checkpointed and logged: a resume continues after it
 
-    result = fit(spec, train_data, val_data, cfg.train, cfg.model, checkpoint_dir=ckpt,
+    result = fit(spec, train_data, val_data, cfg.train, model_cfg, checkpoint_dir=ckpt,
                  on_epoch=on_epoch, progress=False)
     import torch
 
@@ -108,60 +135,86 @@ def train(ctx: RunContext) -> dict[str, Any]:
             "averaged_epochs": result.averaged_epochs,
             "resumed_from_epoch": result.resumed_from_epoch,
             "stopped_early": result.stopped_early, "device": result.device,
-            "checkpoint": str(ckpt), "checkpoints_removed": len(pruned)}
+            "checkpoint": str(ckpt), "checkpoints_removed": len(pruned),
+            "init_weights": init.lineage() if init is not None else None}
+
+
+def _origin(architecture: str, root: Path) -> dict[str, str]:
+    """Where the network's code comes from: an entry point's file or package, or the
+    TorchXRayVision package of a ``txv:`` architecture."""
+    if is_txv(architecture):
+        return txv.weights_info(architecture).origin()
+    return entry_origin(architecture, root)
+
+
+def _origin_text(origin: Any) -> str:
+    """One line for a tag: ``file models/mynet.py@<sha12>`` or ``package monai==1.6.1``."""
+    if origin.get("kind") == "package":
+        return f"package {origin['package']}=={origin['version']}"
+    if origin.get("kind") == "file":
+        return f"file {origin['path']}@{str(origin.get('sha256', ''))[:12]}"
+    return f"{origin.get('kind')} {origin.get('module', '')}".strip()
 
 
 def _load_trained(ctx: RunContext) -> Any:
     import torch
 
-    model = build_model(ModelSpec.from_dict(ctx.out("train", "spec")))
+    model = build_model(ModelSpec.from_dict(ctx.out("train", "spec"), code_root=ctx.ws.root))
     model.load_state_dict(torch.load(ctx.out("train", "weights"), map_location="cpu",
                                      weights_only=True))
     return model.eval()
 
 
 def evaluate(ctx: RunContext) -> dict[str, Any]:
+    """Test metrics and plots by the rules of the task (medops.evaluate.tasks); a multi-label
+    model's per-finding thresholds are chosen on the validation split first."""
     profile = run_profile(ctx)
     classes: list[str] = ctx.out("split", "classes")
-    test = _arrays(ctx, "test", profile)
+    judge = task_evaluation(ctx.config.task)
+    val, test = _arrays(ctx, "val", profile), _arrays(ctx, "test", profile)
     model = _load_trained(ctx)
+    val_probs = predict_proba(model, val.x)
+    thresholds = judge.thresholds(val.y, val_probs, classes)
     probs = predict_proba(model, test.x)
-    metrics = compute_metrics(test.y, probs, classes)
+    metrics = judge.metrics(test.y, probs, classes, thresholds)
     out = ctx.run_dir / "evaluation"
     out.mkdir(exist_ok=True)
     (out / "metrics.json").write_text(metrics.to_json())
-    plot_confusion_matrix(metrics, out / "confusion_matrix.png")
-    plot_roc_curves(test.y, probs, classes, out / "roc_curves.png")
+    if thresholds is not None:
+        (out / THRESHOLDS_FILE).write_text(json.dumps(thresholds, indent=2))
+    judge.plots(metrics, test.y, probs, classes, out)
     np.save(out / "test_probs.npy", probs)
     flat = metrics.to_flat_dict()
-    monitoring_baseline(ctx, model, profile, test, probs, flat).save(out / BASELINE_FILE)
+    reference = [ReferenceSplit("val", val.x, val.y, _files(ctx, "val"), probabilities=val_probs),
+                 ReferenceSplit("test", test.x, test.y, _files(ctx, "test"), probabilities=probs)]
+    monitoring_baseline(ctx, model, profile, reference, flat, thresholds).save(out / BASELINE_FILE)
     mlrun = ctx.mlflow_run()
     ctx.ws.tracker.log_metrics(mlrun, flat)
     ctx.ws.tracker.log_artifact(mlrun, out, "evaluation")
     # NaN (e.g. AUC of a class absent from the test split) is not JSON: store it as null.
     return {"metrics": {k: (None if v != v else v) for k, v in flat.items()},
-            "folder": str(out), "baseline": str(out / BASELINE_FILE)}
+            "thresholds": thresholds, "folder": str(out), "baseline": str(out / BASELINE_FILE)}
+
+
+def _files(ctx: RunContext, split_name: str) -> list[tuple[str, int | None]]:
+    return [(t.uri, t.frame) for t in manifest_tasks(ctx, split_name)]
 
 
 def monitoring_baseline(ctx: RunContext, model: Any, profile: PreprocessProfile,
-                        test: ArrayData, test_probs: np.ndarray,
-                        test_metrics: dict[str, float]) -> Baseline:
+                        splits: list[ReferenceSplit], test_metrics: dict[str, float],
+                        thresholds: dict[str, float] | None) -> Baseline:
     """What `medops monitor` compares live traffic with: validation and test images' features
     (see medops.monitor.baseline for why these splits)."""
     cfg = ctx.config.monitor
-    val = _arrays(ctx, "val", profile)
-    splits = [ReferenceSplit("val", val.x, val.y,
-                             [(t.uri, t.frame) for t in manifest_tasks(ctx, "val")]),
-              ReferenceSplit("test", test.x, test.y,
-                             [(t.uri, t.frame) for t in manifest_tasks(ctx, "test")],
-                             probabilities=test_probs)]
-    return build_baseline(model, ctx.out("split", "classes"), profile, splits,
+    classes: list[str] = ctx.out("split", "classes")
+    return build_baseline(model, classes, profile, splits,
                           max_rows=cfg.baseline_size, raw_sample=cfg.raw_sample,
                           seed=ctx.config.train.seed,
                           meta={"dataset_version": ctx.out("split", "dataset_version"),
                                 "run_id": ctx.run_id,
                                 "test_metrics": {k: v for k, v in test_metrics.items()
-                                                 if v == v}})
+                                                 if v == v}},
+                          thresholds=[thresholds[c] for c in classes] if thresholds else None)
 
 
 def _champion_score(ctx: RunContext) -> tuple[str | None, float | None]:
@@ -174,23 +227,32 @@ def _champion_score(ctx: RunContext) -> tuple[str | None, float | None]:
     except Exception as exc:  # a broken champion must not block a good candidate silently
         ctx.message(f"could not load champion v{champion.version}: {exc}")
         return champion.version, None
-    if loaded.classes != ctx.out("split", "classes"):
-        ctx.message(f"champion v{champion.version} has classes {loaded.classes}, "
-                    f"not {ctx.out('split', 'classes')}")
+    classes, task = ctx.out("split", "classes"), ctx.config.task
+    if loaded.classes != classes or loaded.task is not task:
+        what = "findings" if loaded.task is Task.MULTILABEL else "classes"
+        ctx.message(f"champion v{champion.version} is a {loaded.task} model of {what} "
+                    f"{loaded.classes}, not a {task} model of {classes}: it cannot be scored "
+                    "on this test split")
         return champion.version, None
     tasks = manifest_tasks(ctx, "test")
     with ctx.ws.executor() as pool:  # the champion's own profile: its cache entries may differ
         preprocess_items(tasks, loaded.profile, _cache(ctx), pool)
     x = load_arrays(tasks, loaded.profile, _cache(ctx))
     manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
-    y = manifest.split("test")["label_index"].to_numpy(dtype=np.int64)
-    metrics = compute_metrics(y, predict_proba(loaded.model, x), loaded.classes)
-    return champion.version, metrics.value(ctx.config.gate.metric)
+    # the same metrics as the candidate's, the champion's own thresholds deciding its findings
+    cuts = loaded.thresholds
+    metrics = task_evaluation(task).metrics(
+        manifest.targets("test"), predict_proba(loaded.model, x), loaded.classes,
+        dict(zip(loaded.classes, cuts, strict=True)) if cuts is not None else None)
+    value = metrics.to_flat_dict().get(f"test_{gate_metric_name(ctx.config.gate)}")
+    return champion.version, None if value is None else float(value)
 
 
 def gate(ctx: RunContext) -> dict[str, Any]:
     cfg = ctx.config.gate
-    raw = ctx.out("evaluate", "metrics").get(f"test_{cfg.metric.value}")
+    check_gate_finding(cfg, ctx.out("split", "classes"))
+    name = gate_metric_name(cfg)
+    raw = ctx.out("evaluate", "metrics").get(f"test_{name}")
     value = float("nan") if raw is None else float(raw)
     champion_version, champion_value = _champion_score(ctx)
     verdict = decide(cfg, value, champion_version, champion_value)
@@ -198,7 +260,7 @@ def gate(ctx: RunContext) -> dict[str, Any]:
     ctx.ws.tracker.set_tags(mlrun, {"gate": "passed" if verdict.passed else "failed",
                                     "gate_reason": "; ".join(verdict.reasons)})
     if champion_value is not None:
-        ctx.ws.tracker.log_metrics(mlrun, {f"champion_test_{cfg.metric.value}": champion_value})
+        ctx.ws.tracker.log_metrics(mlrun, {f"champion_test_{name}": champion_value})
     ctx.message(("PASSED: " if verdict.passed else "FAILED: ") + "; ".join(verdict.reasons))
     return verdict.to_dict()
 
@@ -218,6 +280,12 @@ def register(ctx: RunContext) -> dict[str, Any]:
     shutil.rmtree(package, ignore_errors=True)
     meta = {"dataset_version": dataset, "run_id": ctx.run_id,
             "metrics": ctx.out("evaluate", "metrics"), **lineage(ctx.ws.root)}
+    thresholds = ctx.outputs["evaluate"].get("thresholds")  # a multi-label model's
+    if thresholds:
+        meta["thresholds"] = thresholds
+    init_weights = ctx.outputs["train"].get("init_weights")  # the weights training began from
+    if init_weights:
+        meta["weights"] = init_weights
     baseline = ctx.outputs["evaluate"].get("baseline")  # absent in runs from older medops
     extra = {"baseline": Path(baseline)} if baseline and Path(baseline).is_file() else None
     package_model(_load_trained(ctx), ctx.out("split", "classes"), profile, meta, package,
@@ -225,7 +293,8 @@ def register(ctx: RunContext) -> dict[str, Any]:
     mlrun = ctx.mlflow_run()
     ctx.ws.tracker.log_artifact(mlrun, package, "model")
     metric_tags = {k: f"{v:.4f}" for k, v in ctx.out("evaluate", "metrics").items()
-                   if v is not None and k in _TAGGED_METRICS}
+                   if v is not None and (k in _TAGGED_METRICS
+                                         or k == f"test_{verdict['metric']}")}
     tags = {"dataset_version": dataset, "git_commit": lineage(ctx.ws.root)["git_commit"],
             "gate": "passed", "gate_metric": verdict["metric"],
             "approval": "pending", "medops_run_id": ctx.run_id,

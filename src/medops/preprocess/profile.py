@@ -3,6 +3,11 @@
 A :class:`PreprocessProfile` is resolved once from ``medops.yaml`` and the data
 (:func:`resolve_profile`), stored with every model, and applied verbatim when serving; its
 :meth:`~PreprocessProfile.fingerprint` names the cache folder of the arrays it produced.
+
+Two conventions exist: medops' own (anti-aliased bilinear resize of the whole image, then a
+per-image z-score or min-max), and TorchXRayVision's (:func:`txv_profile`: its fixed intensity
+scaling to [-1024, 1024], a square center crop, scikit-image's resize, one channel), which every
+``txv:NAME`` model gets whatever ``preprocess.*`` says.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import hashlib
 import json
 import statistics
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from medops.config.enums import FrameMode, Normalize, WindowMode
+from medops.config.enums import FrameMode, Normalize, StrEnum, WindowMode
+from medops.config.models import is_txv, txv_resolution
 from medops.config.schema import PreprocessConfig
 from medops.data.images import ImageInfo
 from medops.errors import ConfigError, DataError
@@ -26,8 +32,26 @@ PROFILE_VERSION = 1
 MIN_SIDE = 8
 
 
+class Crop(StrEnum):
+    NONE = "none"  # the whole image is resized to ``size``
+    # the largest centred square (TorchXRayVision's XRayCenterCrop), then resized
+    CENTER = "center"
+
+
+class Resample(StrEnum):
+    PILLOW = "pillow"  # Pillow's anti-aliased bilinear resize of float32 planes
+    # skimage.transform.resize, linear, anti-aliased (TorchXRayVision's XRayResizer)
+    SKIMAGE = "skimage"
+
+
+#: Fields added after profiles were first stored, with the value older profiles mean. Left out
+#: of the canonical JSON at that value, so existing profiles keep their text and fingerprint.
+_LATER_DEFAULTS: dict[str, str] = {"crop": Crop.NONE.value, "resample": Resample.PILLOW.value}
+
+
 class PreprocessProfile(BaseModel):
-    """Output size (H, W), channels, windowing, normalisation and frame handling."""
+    """Output size (H, W), channels, windowing, normalisation, frame handling, cropping and
+    the resize algorithm."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -37,6 +61,8 @@ class PreprocessProfile(BaseModel):
     normalize: Normalize
     frames: FrameMode
     version: int = PROFILE_VERSION
+    crop: Crop = Crop.NONE
+    resample: Resample = Resample.PILLOW
 
     @field_validator("size")
     @classmethod
@@ -47,7 +73,11 @@ class PreprocessProfile(BaseModel):
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces; equal profiles give equal text."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data: dict[str, Any] = self.model_dump(mode="json")
+        for key, default in _LATER_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PreprocessProfile:
@@ -62,15 +92,50 @@ class PreprocessProfile(BaseModel):
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
+def txv_profile(side: int, frames: FrameMode = FrameMode.MIDDLE) -> PreprocessProfile:
+    """TorchXRayVision's input convention at ``side`` px: one channel, stored values (no VOI
+    window) scaled to [-1024, 1024], colour averaged to grey, the centred square, resized by
+    scikit-image to ``side`` x ``side``."""
+    return PreprocessProfile(size=(side, side), channels=1, window=WindowMode.NONE,
+                             normalize=Normalize.TXV, frames=frames, crop=Crop.CENTER,
+                             resample=Resample.SKIMAGE)
+
+
+def txv_overrides(cfg: PreprocessConfig, profile: PreprocessProfile) -> list[str]:
+    """The ``preprocess.*`` values chosen in medops.yaml (set, and not the defaults the
+    scaffold writes) that a TorchXRayVision model ignores, each as a sentence naming the key,
+    the value set and the value used."""
+    used: dict[str, object] = {"size": tuple(profile.size), "channels": profile.channels,
+                               "window": profile.window, "normalize": profile.normalize}
+    notes = []
+    for key in sorted(cfg.model_fields_set & used.keys()):
+        given, wanted = getattr(cfg, key), used[key]
+        if given != wanted and given != PreprocessConfig.model_fields[key].default:
+            notes.append(f"preprocess.{key}: {_shown(given)} is ignored: TorchXRayVision models "
+                         f"take {_shown(wanted)} (their own input convention)")
+    return notes
+
+
+def _shown(value: object) -> str:
+    return str(list(value)) if isinstance(value, tuple) else str(value)
+
+
 def resolve_profile(
-    cfg: PreprocessConfig, frames: FrameMode, infos: Sequence[ImageInfo]
+    cfg: PreprocessConfig, frames: FrameMode, infos: Sequence[ImageInfo],
+    architecture: str | None = None,
 ) -> PreprocessProfile:
     """Fill in ``size="auto"`` and ``channels="auto"`` from the probed images.
 
     size: the median of rows and of columns (separately), scaled down to fit
     ``cfg.max_auto_size`` with the aspect ratio kept, each side at least 8.
     channels: 3 when most images have three samples per pixel, else 1.
+
+    A TorchXRayVision ``architecture`` (``txv:NAME``) gets :func:`txv_profile` at the
+    resolution its weights were trained at, whatever ``cfg`` says (:func:`txv_overrides` lists
+    what is ignored).
     """
+    if architecture is not None and is_txv(architecture):
+        return txv_profile(txv_resolution(architecture), frames)
     needs_data = cfg.size == "auto" or cfg.channels == "auto"
     if needs_data and not infos:
         raise DataError(

@@ -92,6 +92,17 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def metric_history(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        """Every metric logged to ``run_id``: its (step, value) pairs in step order."""
+        try:
+            names = sorted(self.client.get_run(run_id).data.metrics)
+            return {name: sorted((int(m.step), float(m.value))
+                                 for m in self.client.get_metric_history(run_id, name))
+                    for name in names}
+        except Exception as exc:
+            raise RegistryError(f"MLflow at {self.tracking_uri} could not read the metrics of "
+                                f"run {run_id}: {exc}") from exc
+
     def artifact_uri(self, run_id: str) -> str:
         return str(self.client.get_run(run_id).info.artifact_uri)
 

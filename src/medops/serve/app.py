@@ -19,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from medops.config.schema import ServeConfig
+from medops.data.labels import format_findings
 from medops.errors import (
     AuthenticationError,
     LabelError,
@@ -35,11 +37,13 @@ from medops.errors import (
 )
 from medops.monitor import CaptureRecord, CaptureStore, CaptureWriter, Feedback
 from medops.registry import ModelRegistry
+from medops.serve.answers import AnswerType, negotiate, predictions_csv
 from medops.serve.batcher import MicroBatcher, Result
 from medops.serve.host import Deployment, ModelHost, ModelRef
 from medops.serve.http_errors import install_handlers
 from medops.serve.inputs import ACCEPTED, PreparedImage, prepare, split_images
 from medops.serve.metrics import ServeMetrics
+from medops.serve.outputs import predictions as answers
 from medops.serve.server import forward_workers
 
 Scope = MutableMapping[str, Any]
@@ -54,7 +58,12 @@ _IMAGE_BODY = {"content": {t: {"schema": {"type": "string", "format": "binary"}}
 
 
 class Prediction(BaseModel):
+    """One image's answer (see medops.serve.outputs): ``label`` is the predicted class, or for
+    a multi-label model its positive findings as one text (``A|B``, ``No Finding`` for none),
+    listed in ``findings``."""
+
     label: str
+    findings: list[str] | None = Field(None, description="multi-label models only")
     probabilities: dict[str, float]
 
 
@@ -65,12 +74,22 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
+#: The answers of the predict routes: JSON (PredictResponse), or CSV for ``Accept: text/csv``.
+_ANSWERS: dict[int | str, dict[str, Any]] = {200: {"model": PredictResponse, "content": {
+    AnswerType.CSV.value: {"schema": {"type": "string"}}}}}
+
+
+_LabelText = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class FeedbackIn(BaseModel):
     """The ground truth of one served image, identified by the request id of its answer."""
 
     model_config = ConfigDict(extra="forbid")
     request_id: str = Field(min_length=1, max_length=128)
-    label: str = Field(min_length=1, max_length=256)
+    label: _LabelText | list[_LabelText] = Field(
+        description="the class; for a multi-label model its findings as 'A|B', 'No Finding' "
+                    "or a list (an empty list: no finding)")
     image: int = Field(0, ge=0, description="position of the image in a multi-image request")
 
 
@@ -158,16 +177,14 @@ def _add_routes(app: FastAPI, srv: _Server) -> None:
 
     @app.post("/invocations", tags=["predict"], dependencies=auth,
               summary="SageMaker inference: the same bodies as /v1/models/{name}/predict",
-              responses={200: {"model": PredictResponse}},
-              openapi_extra={"requestBody": _IMAGE_BODY})
-    async def invocations(request: Request) -> JSONResponse:
+              responses=_ANSWERS, openapi_extra={"requestBody": _IMAGE_BODY})
+    async def invocations(request: Request) -> Response:
         return await _predict(srv, request, None)
 
     @app.post("/v1/models/{name}/predict", tags=["predict"], dependencies=auth,
               summary=f"Class probabilities for one image or several; accepts {ACCEPTED}",
-              responses={200: {"model": PredictResponse}},
-              openapi_extra={"requestBody": _IMAGE_BODY})
-    async def predict(name: str, request: Request) -> JSONResponse:
+              responses=_ANSWERS, openapi_extra={"requestBody": _IMAGE_BODY})
+    async def predict(name: str, request: Request) -> Response:
         return await _predict(srv, request, name)
 
     @app.post("/v1/feedback", tags=["feedback"], dependencies=auth, status_code=202,
@@ -177,15 +194,26 @@ def _add_routes(app: FastAPI, srv: _Server) -> None:
         if srv.writer is None:
             raise UnavailableError("this server has no capture store, so feedback cannot be "
                                    "stored; use `medops feedback import CSV` instead")
-        live = srv.host.current
-        for item in items:
-            if live is not None and item.label not in live.classes:
-                raise LabelError(f"label {item.label!r} is not one of the model's classes "
-                                 f"{live.classes}")
+        labels = [_feedback_label(srv, item.label, i, len(items))
+                  for i, item in enumerate(items)]
         now = datetime.now(timezone.utc)
-        srv.writer.submit_feedback([Feedback(i.request_id, i.label, i.image, now)
-                                    for i in items])
+        srv.writer.submit_feedback([Feedback(i.request_id, label, i.image, now)
+                                    for i, label in zip(items, labels, strict=True)])
         return {"accepted": len(items)}
+
+
+def _feedback_label(srv: _Server, label: str | list[str], i: int, n: int) -> str:
+    """The stored text of a feedback label, checked against the live model's classes or
+    findings (unchecked while no model is loaded); a LabelError names the item of a list."""
+    live = srv.host.current
+    try:
+        if live is None:
+            return label if isinstance(label, str) else format_findings(label)
+        return live.loaded.labels.canonical(label, live.classes)
+    except LabelError as exc:
+        if n == 1:
+            raise
+        raise LabelError(f"feedback item {i + 1} of {n}: {exc}") from exc
 
 
 def _readiness(srv: _Server) -> JSONResponse:
@@ -195,7 +223,8 @@ def _readiness(srv: _Server) -> JSONResponse:
     return JSONResponse({"status": "ready", "model": live.name, "version": live.version})
 
 
-async def _predict(srv: _Server, request: Request, name: str | None) -> JSONResponse:
+async def _predict(srv: _Server, request: Request, name: str | None) -> Response:
+    answer = negotiate(request.headers.get("accept"))  # a 406 costs no decoding
     if name is not None and name != srv.host.ref.name:
         raise NotFoundError(f"no model {name!r} on this server; it serves "
                             f"{srv.host.ref.name!r} (POST /v1/models/{srv.host.ref.name}/predict)")
@@ -220,12 +249,11 @@ async def _predict(srv: _Server, request: Request, name: str | None) -> JSONResp
             srv.batcher.preparing(-1)
         results = await asyncio.gather(*(srv.batcher.submit(p, live) for p in prepared))
     request_id: str = request.state.request_id
-    classes = live.classes
-    predictions = [{"label": classes[int(r.probabilities.argmax())],
-                    "probabilities": dict(zip(classes, r.probabilities.tolist(), strict=True))}
-                   for r in results]
+    predictions = answers(live.loaded, np.stack([r.probabilities for r in results]))
     if srv.writer is not None and srv.cfg.capture:
         srv.writer.submit(_records(request_id, results, predictions))
+    if answer is AnswerType.CSV:
+        return Response(predictions_csv(predictions), media_type=AnswerType.CSV.value)
     return JSONResponse({"request_id": request_id, "model": live.name, "version": live.version,
                          "predictions": predictions})
 
@@ -247,7 +275,8 @@ def _records(request_id: str, results: list[Result],
         model_version=r.deployment.version, predicted=pred["label"],
         classes=r.deployment.classes, probabilities=r.probabilities.astype(float).tolist(),
         input_format=r.prepared.input_format, height=r.prepared.height,
-        width=r.prepared.width, stats=r.prepared.stats, embedding=r.embedding.tolist())
+        width=r.prepared.width, stats=r.prepared.stats, embedding=r.embedding.tolist(),
+        task=r.deployment.loaded.task.value)
         for i, (r, pred) in enumerate(zip(results, predictions, strict=True))]
 
 

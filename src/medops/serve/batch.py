@@ -1,10 +1,14 @@
 """Batch inference: a folder, a manifest or an S3 prefix in, one prediction row per file out.
 
 Rows: ``uri``, ``p_<class>`` for each class, ``label``, ``model``, ``version`` and ``error``
-(None when the file was predicted). A bad file (corrupt, truncated, not an image) gets its
-error in that row; the rest of the batch goes on. Finished chunks are written as they complete
-(``OUT.parts/``) and merged into OUT at the end, so a killed run loses at most one chunk, and a
-re-run skips every file already predicted by the same model version.
+(None when the file was predicted); a multi-label model's rows have a ``p_<finding>`` column
+per finding, and ``findings`` (the positive findings ``|``-joined, empty for none) after
+``label`` (the same findings as one canonical text, ``No Finding`` for none).
+
+A bad file (corrupt, truncated, not an image) gets its error in that row; the rest of the batch
+goes on. Finished chunks are written as they complete (``OUT.parts/``) and merged into OUT at
+the end, so a killed run loses at most one chunk, and a re-run skips every file already
+predicted by the same model version.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from medops.data.sources.folder import visible_files
 from medops.errors import ConfigError, DataError, DependencyMissingError, NotFoundError
 from medops.preprocess import preprocess_bytes
 from medops.registry import CHAMPION, LoadedModel, ModelRegistry
+from medops.serve.outputs import FINDINGS, findings_text, predictions
 from medops.train import predict_proba
 
 #: Files a folder or prefix may hold that are not images (FolderSource skips the same ones).
 _NOT_IMAGES = {".csv", ".txt", ".md", ".json", ".yaml", ".yml", ".parquet", ".ds_store"}
-_TEXT_COLUMNS = ("uri", "label", "model", "version", "error")
+_TEXT_COLUMNS = ("uri", "label", FINDINGS, "model", "version", "error")
 _READERS = 8  # threads reading and decoding files; I/O and image codecs release the GIL
 
 
@@ -190,8 +195,9 @@ class Predictor:
 
     @property
     def columns(self) -> list[str]:
-        return ["uri", *(f"p_{c}" for c in self.model.classes), "label", "model", "version",
-                "error"]
+        findings = [FINDINGS] if self.model.labels.multilabel else []
+        return ["uri", *(f"p_{c}" for c in self.model.classes), "label", *findings, "model",
+                "version", "error"]
 
     def predict(self, uris: Sequence[str], files: Files) -> pd.DataFrame:
         """One row per URI, in order; a file that cannot be read or decoded gets its error."""
@@ -206,8 +212,12 @@ class Predictor:
         classes = self.model.classes
         frame = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
         frame.insert(0, "uri", list(uris))
-        frame["label"] = [classes[int(np.argmax(p))] if err is None else None
-                          for p, (_, err) in zip(probs, loaded, strict=True)]
+        answers = dict(zip(good, predictions(self.model, probs[good]), strict=True))
+        frame["label"] = [answers[i]["label"] if i in answers else None
+                          for i in range(len(uris))]
+        if self.model.labels.multilabel:
+            frame[FINDINGS] = [findings_text(answers[i][FINDINGS]) if i in answers else None
+                               for i in range(len(uris))]
         frame["model"] = self.name
         frame["version"] = self.version
         frame["error"] = [err for _, err in loaded]

@@ -25,6 +25,7 @@ from medops.errors import (
     DataError,
     LabelError,
     MedopsError,
+    NotAcceptableError,
     NotFoundError,
     PayloadTooLargeError,
     RequestError,
@@ -40,6 +41,7 @@ HTTP_STATUS: tuple[tuple[type[MedopsError], int], ...] = (
     (LabelError, 422),  # feedback naming a class the model does not have
     (PayloadTooLargeError, 413),
     (UnsupportedMediaError, 415),
+    (NotAcceptableError, 406),
     (RequestError, 400),
     (NotFoundError, 404),
     (DataError, 400),  # unreadable or unusable image: the client sent it

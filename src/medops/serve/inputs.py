@@ -17,7 +17,7 @@ from starlette.requests import Request
 
 from medops.config.enums import StrEnum, WindowMode
 from medops.data import dicom
-from medops.data.images import read_pixels
+from medops.data.images import read_pixels_with_range
 from medops.errors import (
     DataError,
     MedopsError,
@@ -134,11 +134,13 @@ async def _multipart(request: Request, body: bytes) -> list[bytes]:
     return blobs
 
 
-def read_checked(data: bytes, window: WindowMode, max_pixels: int) -> np.ndarray:
-    """:func:`~medops.data.images.read_pixels` of a body, after refusing an image whose header
-    declares more than ``max_pixels`` (rows x columns x frames): the decompression-bomb guard,
-    checked before anything is decoded. DICOM runs read_pixels' own steps on the header parsed
-    for the check, so the header is parsed once."""
+def read_checked(
+    data: bytes, window: WindowMode, max_pixels: int
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """:func:`~medops.data.images.read_pixels_with_range` of a body, after refusing an image
+    whose header declares more than ``max_pixels`` (rows x columns x frames): the
+    decompression-bomb guard, checked before anything is decoded. DICOM runs its own steps on
+    the header parsed for the check, so the header is parsed once."""
     name = f"<{len(data)} bytes>"
     if data[128:132] == b"DICM":
         f = io.BytesIO(data)
@@ -148,7 +150,8 @@ def read_checked(data: bytes, window: WindowMode, max_pixels: int) -> np.ndarray
                      max_pixels)
         header = dicom.with_pixel_data(f, header)
         index = dicom.frame_index(header, None)
-        return dicom.to_display(dicom.decode_stored(f, header, index), header, index, window)
+        stored = dicom.decode_stored(f, header, index)
+        return dicom.to_display_with_range(stored, header, index, window)
     try:
         with Image.open(io.BytesIO(data), formats=["PNG", "JPEG"]) as img:
             _check_total(img.width * img.height, f"{img.height}x{img.width}", max_pixels)
@@ -158,7 +161,7 @@ def read_checked(data: bytes, window: WindowMode, max_pixels: int) -> np.ndarray
         raise
     except Exception:
         pass  # not PNG/JPEG: read_pixels gives the precise error
-    return read_pixels(data, frame=None, window=window)
+    return read_pixels_with_range(data, frame=None, window=window)
 
 
 def _check_total(total: int, what: str, max_pixels: int) -> None:
@@ -174,8 +177,8 @@ def prepare(data: bytes, profile: PreprocessProfile, max_pixels: int) -> Prepare
     The same two steps as :func:`medops.preprocess.preprocess_bytes` (read_pixels, then
     apply_profile), split so that raw intensity statistics come for free."""
     try:
-        raw = read_checked(data, profile.window, max_pixels)
-        x = apply_profile(raw, profile)
+        raw, value_range = read_checked(data, profile.window, max_pixels)
+        x = apply_profile(raw, profile, value_range)
     except MedopsError:
         raise
     except Exception as exc:  # a decoder failing in a way the data layer did not foresee

@@ -6,7 +6,8 @@ from medops.train.classifier import BackboneClassifier, Classifier, WrappedClass
 from medops.train.device import resolve_device
 from medops.train.predict import embed, predict_proba
 from medops.train.spec import ModelSpec
-from medops.train.trainer import ArrayData, EpochResult, TrainResult, class_weights, train_model
+from medops.train.task import TrainTask, class_weights, finding_pos_weights, train_task
+from medops.train.trainer import ArrayData, EpochResult, TrainResult, train_model
 
 __all__ = [
     "ArrayData",
@@ -15,15 +16,18 @@ __all__ = [
     "EpochResult",
     "ModelSpec",
     "TrainResult",
+    "TrainTask",
     "WrappedClassifier",
     "build_model",
     "class_weights",
     "discard_checkpoint",
     "embed",
+    "finding_pos_weights",
     "predict_proba",
     "prune_checkpoints",
     "resolve_device",
     "resolve_flip_tta",
     "resolve_small_input",
     "train_model",
+    "train_task",
 ]

@@ -33,9 +33,10 @@ from torch import nn
 from medops.config.enums import Architecture
 from medops.config.models import is_builtin, is_txv
 from medops.config.schema import AugmentConfig, ModelConfig
-from medops.errors import WeightsUnavailableError
+from medops.errors import ConfigError, WeightsUnavailableError
 from medops.train.classifier import BackboneClassifier, Classifier
 from medops.train.spec import ModelSpec
+from medops.train.weights import load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ def build_model(
         return txv.build(spec, pretrained=pretrained, weights=weights)
     from medops.train import entrypoints
 
+    if pretrained:
+        raise ConfigError(
+            f"model.pretrained is for built-in and txv: architectures; {spec.architecture} is "
+            "an entry point: pass its own argument in model.args (MONAI: pretrained: true) or "
+            "give weights in model.weights, and set model.pretrained: false")
     return entrypoints.build(spec, weights=weights)
 
 
@@ -204,16 +210,10 @@ def _read_weights_file(arch: Architecture, path: Path) -> dict[str, torch.Tensor
             f"weights file {str(path)!r} for {arch.value} does not exist; {_fix_hint(arch)}"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # any unpickling/IO failure means the same to the user
-        raise WeightsUnavailableError(
-            f"weights file {str(path)!r} for {arch.value} cannot be read ({e}); {_fix_hint(arch)}"
-        ) from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsUnavailableError(
-            f"weights file {str(path)!r} is not a torchvision state dict (a dict of tensors); "
-            f"{_fix_hint(arch)}"
-        )
+        # torch.load(weights_only=True): a file that would run code when unpickled is refused
+        state = load_state_dict(path)
+    except WeightsUnavailableError as e:
+        raise WeightsUnavailableError(f"{e}; {_fix_hint(arch)}") from e
     return _legacy_densenet_keys(state)
 
 

@@ -2,7 +2,9 @@
 
 The AUC here follows the same convention as :mod:`medops.evaluate` (which training may not
 import): binary ROC-AUC of class 1, or the macro one-vs-rest mean over the classes that have
-both positives and negatives in ``y``; NaN when no class does.
+both positives and negatives in ``y``; NaN when no class does. For a multi-label model, the
+macro mean of the per-finding ROC-AUCs over the findings that have both positives and
+negatives in ``y`` (:func:`macro_finding_auc`); NaN when no finding does.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from medops.train.classifier import Classifier
+
+if TYPE_CHECKING:
+    from medops.train.task import TrainTask
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,18 @@ def auc_score(y: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(per_class)) if per_class else math.nan
 
 
+def macro_finding_auc(y: np.ndarray, probs: np.ndarray) -> float:
+    """Mean ROC-AUC over the findings (columns of multi-hot ``y`` (N, K), positive where
+    >= 0.5) that have both positives and negatives; NaN when none has."""
+    per_finding = []
+    for k in range(probs.shape[1]):
+        positives = y[:, k] >= 0.5
+        if positives.all() or not positives.any():
+            continue
+        per_finding.append(float(roc_auc_score(positives, probs[:, k])))
+    return float(np.mean(per_finding)) if per_finding else math.nan
+
+
 def validate(
     model: Classifier,
     x_all: np.ndarray,
@@ -58,8 +75,10 @@ def validate(
     memory_format: torch.memory_format,
     batch_size: int,
     loss_weight: torch.Tensor | None,
+    task: TrainTask,
 ) -> ValScore:
-    """Score ``model`` on images ``x_all`` with labels ``y_all``; leaves it in eval mode.
+    """Score ``model`` on images ``x_all`` with targets ``y_all`` by the rules of ``task`` (loss,
+    probabilities, AUC, accuracy); leaves it in eval mode.
 
     The images are scored as given, without the flip average the model applies in eval mode
     (``spec.flip_tta``): that would double the cost of a pass run after every epoch, and over
@@ -76,7 +95,6 @@ def validate(
             )
         out = torch.cat(logits)
         y = torch.from_numpy(y_all).to(device)
-        loss = float(F.cross_entropy(out, y, weight=loss_weight).item())
-        probs = torch.softmax(out, dim=1).cpu().numpy()
-    accuracy = float((probs.argmax(axis=1) == y_all).mean())
-    return ValScore(loss=loss, auc=auc_score(y_all, probs), accuracy=accuracy)
+        loss = float(task.val_loss(out, y, loss_weight).item())
+        probs = task.probabilities(out).cpu().numpy()
+    return ValScore(loss=loss, auc=task.auc(y_all, probs), accuracy=task.accuracy(y_all, probs))

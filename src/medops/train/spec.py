@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from medops.config.enums import Task
@@ -16,7 +17,12 @@ class ModelSpec:
     """``architecture`` is a built-in name, ``txv:NAME`` or an entry point (see
     :mod:`medops.config.models`); ``args`` are the entry point's keyword arguments
     (``model.args``); ``origin`` says where an entry point's code came from (a project file or
-    an installed package and its version), for lineage and for loading elsewhere."""
+    an installed package and its version), for lineage and for loading elsewhere.
+
+    ``code_root`` is where this machine finds an entry point's project code (a
+    ``path/in/project.py:factory`` file, or a package folder of the project): the project root
+    when training, ``<model>/code`` in a packaged model. It is local, so :meth:`to_dict` leaves
+    it out and equality ignores it."""
 
     architecture: str
     in_channels: int
@@ -28,6 +34,7 @@ class ModelSpec:
     task: Task = Task.MULTICLASS
     args: Mapping[str, Any] = field(default_factory=dict)
     origin: Mapping[str, str] = field(default_factory=dict)
+    code_root: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.in_channels not in (1, 3):
@@ -51,8 +58,9 @@ class ModelSpec:
                 "task": self.task.value, "args": dict(self.args), "origin": dict(self.origin)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Read a dict written by :meth:`to_dict` (or by an older medops)."""
+    def from_dict(cls, data: Mapping[str, Any], *, code_root: Path | None = None) -> ModelSpec:
+        """Read a dict written by :meth:`to_dict` (or by an older medops); ``code_root``: where
+        an entry point's project code lies on this machine."""
         try:
             return cls(
                 architecture=str(data["architecture"]),
@@ -65,6 +73,7 @@ class ModelSpec:
                 task=Task(data.get("task", Task.MULTICLASS.value)),
                 args=dict(data.get("args") or {}),
                 origin=dict(data.get("origin") or {}),
+                code_root=code_root,
             )
         except KeyError as e:
             raise ConfigError(f"model spec {dict(data)!r} lacks the key {e}") from e

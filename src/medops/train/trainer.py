@@ -2,11 +2,14 @@
 
 Recipe: AdamW with ``train.lr`` and ``train.weight_decay``; the learning rate warms up linearly
 over the first epoch and then follows a cosine down to zero at ``train.epochs`` (stepped per
-batch; early stopping may end the run before the end of the cosine). The loss is cross-entropy
-with label smoothing 0.1, weighted by inverse class frequency when ``train.class_weighting``;
-with ``augment.mixup`` each batch is mixed with a shuffled copy of itself (and so are the two
-losses). With ``train.ema_epochs`` an exponential moving average of the weights
-(:mod:`medops.train.ema`) is what gets scored, kept and returned. After every epoch that model is
+batch; early stopping may end the run before the end of the cosine). The loss depends on the
+task (:mod:`medops.train.task`): for a multi-class model cross-entropy with label smoothing 0.1,
+weighted by inverse class frequency when ``train.class_weighting``; for a multi-label model
+binary cross-entropy per finding with a positive weight of negatives / positives when
+``train.class_weighting``. With ``augment.mixup`` each batch is mixed with a shuffled copy of
+itself (and so are the two label sets: their losses, or the multi-hot targets). With
+``train.ema_epochs`` an exponential moving average of the weights (:mod:`medops.train.ema`) is
+what gets scored, kept and returned. After every epoch that model is
 scored on the validation set (the images as given, without the flip average: see
 :func:`~medops.train.scoring.validate`). The weights returned are the average of the weights of the
 ``train.average_best`` best-scoring epochs (a "soup" of checkpoints: on validation sets of a few
@@ -19,8 +22,9 @@ Training stops after ``train.patience`` epochs in which no epoch joined those
 best (when one epoch is kept, the classic rule: no better score).
 
 The score is the validation ROC-AUC (binary: of class 1; multi-class: macro one-vs-rest over the
-classes present). When the validation set holds fewer than two classes AUC is undefined and the
-validation loss decides instead; without a validation set the last epoch is kept.
+classes present; multi-label: the macro mean over the findings with positives and negatives).
+When the validation set holds fewer than two classes (no finding with both) AUC is undefined
+and the validation loss decides instead; without a validation set the last epoch is kept.
 
 ``checkpoint_dir/last.pt`` is rewritten (atomically, in the background while the next epoch
 trains) after every epoch, the kept epochs' weights written once each beside it, so a killed
@@ -44,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medops.config.schema import ModelConfig, TrainConfig
@@ -68,24 +71,26 @@ from medops.train.ema import WeightEMA
 from medops.train.progress import TrainProgress
 from medops.train.scoring import ValScore, seed_everything, validate
 from medops.train.spec import ModelSpec
+from medops.train.task import TrainTask, train_task
 
 log = logging.getLogger(__name__)
-
-#: Label smoothing of the training loss (not of the validation loss): on the small sets medops
-#: targets it made validation and test AUC steadier and higher (docs/benchmarks.md).
-LABEL_SMOOTHING = 0.1
 
 
 @dataclass
 class ArrayData:
-    """Images (N, C, H, W) float32 and their class indices (N,) int64."""
+    """Images (N, C, H, W) float32 and their targets: class indices (N,) int64 (multiclass), or
+    a multi-hot matrix (N, K) float32 of K findings (multilabel; any 2-D ``y``)."""
 
     x: np.ndarray
     y: np.ndarray
 
     def __post_init__(self) -> None:
         self.x = np.asarray(self.x, dtype=np.float32)
-        self.y = np.asarray(self.y, dtype=np.int64).reshape(-1)
+        y = np.asarray(self.y)
+        if y.ndim == 2:
+            self.y = y.astype(np.float32)
+        else:
+            self.y = y.astype(np.int64).reshape(-1)
         if self.x.ndim != 4:
             raise DataError(f"images must have shape (N, C, H, W); got {self.x.shape}")
         if len(self.x) != len(self.y):
@@ -167,17 +172,15 @@ def train_model(
 
 
 def _check_data(spec: ModelSpec, *sets: ArrayData) -> None:
+    task = train_task(spec.task)
     for data in sets:
         if len(data) and data.x.shape[1] != spec.in_channels:
             raise DataError(
                 f"the model takes {spec.in_channels} channel(s) but the images have "
                 f"{data.x.shape[1]} (shape {data.x.shape})"
             )
-        if len(data) and (data.y.min() < 0 or data.y.max() >= spec.num_classes):
-            raise DataError(
-                f"labels must be class indices in [0, {spec.num_classes}); "
-                f"found {sorted(set(np.unique(data.y).tolist()))}"
-            )
+        if len(data):
+            task.check_targets(data.y, spec.num_classes)
 
 
 @contextmanager
@@ -192,13 +195,6 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, scaled so a balanced set has weights 1; 0 for absent classes."""
-    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, len(y) / (num_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -251,7 +247,8 @@ class _Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: _lr_factor(step, warmup, total)
         )
-        weight = class_weights(train.y, spec.num_classes) if cfg.class_weighting else None
+        self.task: TrainTask = train_task(spec.task)
+        weight = self.task.loss_weight(train.y, spec.num_classes) if cfg.class_weighting else None
         self.loss_weight = weight.to(device) if weight is not None else None
         self.augment = BatchAugmenter(cfg.augment) if cfg.augment is not None else None
         self.ema: WeightEMA | None = None
@@ -266,7 +263,7 @@ class _Run:
         self.history: list[EpochResult] = []
         self.kept: list[_Kept] = []  # the best epochs, best first, at most self.average
         self.average = max(1, min(cfg.average_best, cfg.epochs // 4))
-        self.monitor = _monitor_for(val)
+        self.monitor = _monitor_for(val, self.task)
         self._finished = False
         self._stopped_early = False
         self._writer = CheckpointWriter()
@@ -334,6 +331,7 @@ class _Run:
             memory_format=self.memory_format,
             batch_size=max(self.cfg.batch_size, 256),
             loss_weight=self.loss_weight,
+            task=self.task,
         )
         self._keep(self._monitored(score, epoch), epoch)
         result = EpochResult(
@@ -366,15 +364,15 @@ class _Run:
             if self.augment is not None:
                 x = self.augment(x, aug_gen)
             if mixup > 0:
-                # mixup: a convex mix of the batch with a shuffled copy, and of their losses
+                # mixup: a convex mix of the batch with a shuffled copy, and of their labels
                 lam = float(mix_rng.beta(mixup, mixup))
                 partner = torch.from_numpy(mix_rng.permutation(len(idx))).to(self.device)
                 x = torch.lerp(x[partner], x, lam)
                 logits = self.model(x.contiguous(memory_format=self.memory_format))
-                loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[partner])
+                loss = self.task.mixup_loss(logits, y, partner, lam, self.loss_weight)
             else:
                 logits = self.model(x.contiguous(memory_format=self.memory_format))
-                loss = self._loss(logits, y)
+                loss = self.task.loss(logits, y, self.loss_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -391,9 +389,6 @@ class _Run:
                 f"fix: lower train.lr (now {self.cfg.lr})"
             )
         return train_loss
-
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=self.loss_weight, label_smoothing=LABEL_SMOOTHING)
 
     def _monitored(self, score: ValScore, epoch: int) -> float:
         """Higher is better."""
@@ -509,13 +504,14 @@ class _Run:
         )
 
 
-def _monitor_for(val: ArrayData) -> str:
+def _monitor_for(val: ArrayData, task: TrainTask) -> str:
     """What early stopping watches: AUC when it is defined on the validation set."""
-    if len(np.unique(val.y)) >= 2:
+    if task.auc_defined(val.y):
         return "auc"
     if len(val):
         log.warning(
-            "the validation set holds a single class, so AUC is undefined; "
+            "the validation set holds a single class (or no finding with both positive and "
+            "negative images), so AUC is undefined; "
             "early stopping watches the validation loss instead"
         )
         return "loss"

@@ -1,17 +1,20 @@
-"""A folder of DICOM, PNG and JPEG files, labelled by sub-folder name or by a CSV."""
+"""A folder of DICOM, PNG and JPEG files, labelled by sub-folder name or by a CSV.
+
+Folder names give one class per image, so a ``task: multilabel`` project takes its findings from
+a CSV (:mod:`medops.data.label_csv`); folder-name labels there are a ConfigError with that fix.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from medops.config.enums import FrameMode, LabelsFrom
+from medops.config.enums import FrameMode, LabelsFrom, Task
 from medops.config.schema import LabelsConfig
-from medops.data.hashing import pseudonym
 from medops.data.items import items_for_file
-from medops.errors import ConfigError, LabelError
+from medops.data.label_csv import LabelRows, read_label_csv
+from medops.errors import ConfigError
 from medops.storage.records import Item
 
 _IGNORED = {".csv", ".txt", ".md", ".json", ".yaml", ".yml", ".ds_store"}
@@ -21,9 +24,18 @@ class FolderSource:
     """Every file under ``root``; DICOM is recognised by extension or by its preamble."""
 
     def __init__(self, root: Path, labels: LabelsConfig, frames: FrameMode = FrameMode.MIDDLE,
-                 name: str | None = None, csv_root: Path | None = None) -> None:
+                 name: str | None = None, csv_root: Path | None = None,
+                 task: Task = Task.MULTICLASS) -> None:
         if not root.is_dir():
             raise ConfigError(f"data.source.path: {root} is not a folder")
+        if Task(task) is Task.MULTILABEL and labels.from_ is LabelsFrom.FOLDER_NAMES:
+            raise ConfigError(
+                f"task is multilabel but data.labels.from is 'folder-names' ({root}): a folder "
+                "name gives one class per image, not a set of findings; fix: data.labels: "
+                "{from: csv, csv: FILE, id_column: ..., label_column: 'Finding Labels'} "
+                "('|'-separated findings, 'No Finding' for none) or finding_columns: [A, B] "
+                "(one 0/1 column per finding)")
+        self.task = Task(task)
         self.root = root
         self.name = name or f"folder:{root}"
         self.frames = frames
@@ -49,34 +61,19 @@ class FolderSource:
 
     def _label_and_patient(self, rel: str) -> tuple[str | None, str | None]:
         if self._csv is not None:
-            row = self._csv.get(rel)
-            if row is None:
-                return None, None
-            return row
+            # A bare file name in the CSV (NIH's Image Index, whose images ship in
+            # images_001/images/ ... images_012/images/) matches the file in any sub-folder.
+            row = self._csv.get(rel) or self._csv.get(rel.rsplit("/", 1)[-1])
+            return row if row is not None else (None, None)
         parts = rel.split("/")
         return (parts[0] if len(parts) > 1 else None), None
 
-    def _read_csv(self, csv_root: Path) -> dict[str, tuple[str | None, str | None]]:
-        cfg = self.labels
-        path = Path(cfg.csv or "")
+    def _read_csv(self, csv_root: Path) -> LabelRows:
+        path = Path(self.labels.csv or "")
         path = path if path.is_absolute() else csv_root / path
         if not path.is_file():
             raise ConfigError(f"data.labels.csv: {path} does not exist")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            for col in (cfg.id_column, cfg.label_column, cfg.patient_column):
-                if col and col not in columns:
-                    raise LabelError(f"{path}: no column {col!r}; the columns are {columns}")
-            out: dict[str, tuple[str | None, str | None]] = {}
-            for row in reader:
-                patient = row.get(cfg.patient_column) if cfg.patient_column else None
-                out[row[cfg.id_column].strip().lstrip("./")] = (
-                    row[cfg.label_column].strip() or None,
-                    pseudonym(patient, "pt") if patient else None,
-                )
-        return out
-
+        return read_label_csv(path, self.labels, self.task)
 
 
 def visible_files(root: Path) -> list[Path]:
