@@ -220,6 +220,8 @@ def _import(ep: EntryPoint, root: Path | None) -> ModuleType:
     ``root`` (a package folder of the project)."""
     top = ep.module.split(".")[0]
     try:
+        if root is not None and _in_root(top, root):
+            _forget_other_copy(top, root)
         if root is not None and _in_root(top, root) and not _importable(top):
             with _on_path(root):
                 return importlib.import_module(ep.module)
@@ -234,6 +236,20 @@ def _import(ep: EntryPoint, root: Path | None) -> ModuleType:
                           f"{_module_hint(missing, root)}") from e
     except Exception as e:
         raise _import_failed(ep, e) from e
+
+
+def _forget_other_copy(top: str, root: Path) -> None:
+    """Drop ``top`` from the import cache when it was imported from another folder than
+    ``root`` and is no installed package: two projects (or two versions of one model, each from
+    its own ``code/`` folder) in one process each get their own copy of their package folder."""
+    cached = sys.modules.get(top)
+    where = _module_path(cached) if cached is not None else None
+    if where is None or _is_under(where, root) or \
+            importlib.metadata.packages_distributions().get(top):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
 
 
 def _importable(top: str) -> bool:
