@@ -107,6 +107,19 @@ def test_config_errors_exit_2_with_the_key(tmp_path: Path) -> None:
     assert code == 2 and "medops init" in out
 
 
+def test_a_network_that_cannot_be_found_stops_the_run_before_it_starts(tmp_path: Path) -> None:
+    medops("init", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "mynet.py").write_text("def build(in_channels, num_classes): ...\n")
+    for arch, says in [("models/mynet.py:buld", "nearest: build"),
+                       ("models/mynte.py:build", "nearest: models/mynet.py"),
+                       ("txv:densenet121-res224-al", "did you mean 'txv:densenet121-res224-all'")]:
+        code, out = medops("run", "-C", str(tmp_path), "--set", f"model.architecture={arch}")
+        assert code == 2 and says in " ".join(out.split()), out
+    code, out = medops("runs", "ls", "-C", str(tmp_path), "--json")
+    assert json.loads(out) == []  # no run was started
+
+
 def test_empty_project_listings_and_unknown_run(tmp_path: Path) -> None:
     medops("init", str(tmp_path))
     code, out = medops("runs", "ls", "-C", str(tmp_path), "--json")

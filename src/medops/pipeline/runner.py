@@ -24,6 +24,7 @@ from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
 from medops.pipeline.steps_model import evaluate, gate, register, train
 from medops.storage import RunRecord, RunStatus, StepStatus
+from medops.train.entrypoints import check_architecture_exists
 
 StepFn = Callable[[RunContext], dict[str, Any]]
 
@@ -59,7 +60,10 @@ class PipelineRunner:
         self.interrupt = interrupt or Interrupt()
 
     def run(self, trigger: str = "manual", until: Step | None = None) -> RunRecord:
-        """Start a new run; stops after ``until`` when given (later steps stay pending)."""
+        """Start a new run; stops after ``until`` when given (later steps stay pending). A
+        network that cannot be found (an entry point's module, file or factory) is a
+        ConfigError before the run starts."""
+        check_architecture_exists(self.ws.config.model.architecture, self.ws.root)
         reap_dead_runs(self.ws)
         run_id = new_run_id()
         self.ws.state.create_run(run_id, trigger, self.ws.config.model_dump(mode="json"),

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from medops.config.models import ENTRY_POINT
+from medops.config.models import ENTRY_POINT, is_builtin, is_txv
 from medops.errors import ConfigError
 from medops.train.classifier import Classifier, WrappedClassifier
 from medops.train.spec import ModelSpec
@@ -97,6 +97,18 @@ def build(spec: ModelSpec, *, weights: Path | None) -> Classifier:
 
         load_into(net, load_state_dict(weights), source=str(weights))
     return WrappedClassifier(spec, net)
+
+
+def check_architecture_exists(architecture: str, root: Path) -> None:
+    """Raise the ConfigError :func:`build` would, for a missing module, file or factory (or an
+    unknown TorchXRayVision name), without building anything: a run checks this before its
+    first step instead of failing at training."""
+    if is_txv(architecture):
+        from medops.train import txv
+
+        txv.weights_info(architecture)
+    elif ENTRY_POINT.match(architecture) and not is_builtin(architecture):
+        resolve_factory(EntryPoint.parse(architecture), root.resolve())
 
 
 def call_factory(ep: EntryPoint, factory: Any, spec: ModelSpec) -> Any:
