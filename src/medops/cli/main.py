@@ -209,4 +209,10 @@ def main() -> None:
     # MLflow announces its schema migrations at INFO and resets its logger's level when it is
     # imported, so the level is set through the variable MLflow reads; users may override it.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    app()
+    try:
+        app()
+    except KeyboardInterrupt:
+        # A stop is exit status 130 however late it lands: a KeyboardInterrupt that escapes
+        # after a command handled the first one (while it was unwinding) would otherwise kill
+        # the process with SIGINT's status instead, as seen once under load in CI.
+        raise SystemExit(130) from None
