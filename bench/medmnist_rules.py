@@ -12,7 +12,7 @@ in memory, then prints one JSON line: the test AUC of every epoch, and of each r
 - ``ens_auc_top5``: the mean of the *probabilities* of the 5 best epochs (a 5-model ensemble);
 - ``tta5_auc_top5``: the default's model with 1-pixel shifts added to its flip TTA (5 views);
 - ``auc_flip_topK``: as ``auc_topK``, but epochs ranked (and early stopping replayed) by the
-  flip-averaged validation AUC, as the trainer validated until the ninth session (it scores
+  flip-averaged validation AUC, as the trainer validated until 2026-12-01 (it scores
   the images alone since; that rule was ``auc_plain_topK`` in the runs that decided it);
 - ``bn_<rule>``: that rule's averaged weights with the batch-norm statistics recomputed on the
   (un-augmented) training images, as stochastic weight averaging does (``update_bn``).
