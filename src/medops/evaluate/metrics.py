@@ -74,12 +74,8 @@ class EvalMetrics:
             f"{prefix}f1_macro": self.f1_macro,
         }
         for c in self.per_class:
-            key = metric_key(c.name)
-            out[f"{prefix}precision_{key}"] = c.precision
-            out[f"{prefix}recall_{key}"] = c.recall
-            out[f"{prefix}f1_{key}"] = c.f1
-            out[f"{prefix}auc_{key}"] = c.auc
-            out[f"{prefix}support_{key}"] = float(c.support)
+            out.update(flat_per_name(prefix, c.name, precision=c.precision, recall=c.recall,
+                                     f1=c.f1, auc=c.auc, support=float(c.support)))
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,6 +112,12 @@ class EvalMetrics:
             ],
             confusion=[[int(v) for v in row] for row in d["confusion"]],
         )
+
+
+def flat_per_name(prefix: str, name: str, **values: float) -> dict[str, float]:
+    """One class's (or finding's) metrics as flat keys: ``<prefix><metric>_<name>``."""
+    key = metric_key(name)
+    return {f"{prefix}{metric}_{key}": value for metric, value in values.items()}
 
 
 def metric_key(name: str) -> str:

@@ -42,7 +42,7 @@ from sklearn.metrics import precision_recall_curve, roc_auc_score
 
 from medops.config.enums import GateMetric
 from medops.errors import DataError
-from medops.evaluate.metrics import _nan_to_none, metric_key
+from medops.evaluate.metrics import _nan_to_none, flat_per_name
 
 #: The threshold of a finding whose validation data cannot pick one.
 DEFAULT_THRESHOLD = 0.5
@@ -122,13 +122,9 @@ class MultiLabelMetrics:
             f"{prefix}f1_macro": self.f1_macro,
         }
         for f in self.per_finding:
-            key = metric_key(f.name)
-            out[f"{prefix}auc_{key}"] = f.auc
-            out[f"{prefix}precision_{key}"] = f.precision
-            out[f"{prefix}recall_{key}"] = f.recall
-            out[f"{prefix}f1_{key}"] = f.f1
-            out[f"{prefix}support_{key}"] = float(f.support)
-            out[f"{prefix}threshold_{key}"] = f.threshold
+            out.update(flat_per_name(prefix, f.name, auc=f.auc, precision=f.precision,
+                                     recall=f.recall, f1=f.f1, support=float(f.support),
+                                     threshold=f.threshold))
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -75,13 +75,12 @@ def train(ctx: RunContext) -> dict[str, Any]:
                      flip_tta=resolve_flip_tta(cfg.model, cfg.train.augment),
                      origin=_origin(cfg.model.architecture, root), code_root=root)
     # model.weights made a local, verified file (a URL is served from the weights store)
-    init = resolve_weights(cfg.model.weights, cfg.model.weights_sha256, root=root,
-                           store=WeightsStore.for_project(root))
+    store = WeightsStore.for_project(root)
+    init = resolve_weights(cfg.model.weights, cfg.model.weights_sha256, root=root, store=store)
     if init is None and is_txv(cfg.model.architecture):
         # TorchXRayVision's weights (always: naming them is the point), from the store under
         # TorchXRayVision's file name
-        init = txv.find_weights(txv.weights_info(cfg.model.architecture),
-                                WeightsStore.for_project(root))
+        init = txv.find_weights(txv.weights_info(cfg.model.architecture), store)
     model_cfg = cfg.model if init is None else \
         cfg.model.model_copy(update={"weights": str(init.path)})
     train_data, val_data = _arrays(ctx, "train", profile), _arrays(ctx, "val", profile)
