@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,9 +63,22 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(exit_code_for(exc)) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/yellow]: `medops runs resume ID` continues")
+            ignore_stop_signals()
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def ignore_stop_signals() -> None:
+    """Ignore SIGINT and SIGTERM: a process leaving with status 130 keeps that status.
+
+    The stop was handled and the handlers of the run restored, so a late SIGINT (the rest of a
+    process group's Ctrl-C) or SIGTERM would raise again or kill the process while it unwinds,
+    and Python would then exit by SIGINT's status instead of 130. The process is leaving, so
+    both are ignored from here on."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def load_project(path: Path | None, sets: list[str] | None = None) -> Any:

@@ -10,7 +10,13 @@ import typer
 
 from medops.cli.agent import agent_app, events_app
 from medops.cli.agent import request as agent_request
-from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, interruptible_runner
+from medops.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    handle_errors,
+    ignore_stop_signals,
+    interruptible_runner,
+)
 from medops.cli.common import load_project as _project
 from medops.cli.data import data_app
 from medops.cli.models import models_app
@@ -212,7 +218,6 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        # A stop is exit status 130 however late it lands: a KeyboardInterrupt that escapes
-        # after a command handled the first one (while it was unwinding) would otherwise kill
-        # the process with SIGINT's status instead, as seen once under load in CI.
+        # a stop is exit status 130 however late it lands
+        ignore_stop_signals()
         raise SystemExit(130) from None
