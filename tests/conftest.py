@@ -7,9 +7,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.spark_cluster import SparkCluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -95,3 +98,20 @@ TRAINED_OVERRIDES: dict[str, Any] = {
     "executor.workers": 2, "gate.min": 0.0, "data.split.val": 0.25, "data.split.test": 0.25,
     "pipeline.retries.backoff_seconds": 0.0,
 }
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
+    """A real standalone Spark cluster (one master, one 2-core worker) on loopback, started
+    once per session; see tests/spark_cluster.py. A test that kills its worker starts a new
+    one before it ends."""
+    from tests.spark_cluster import running_cluster
+
+    with running_cluster(tmp_path_factory.mktemp("spark")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def spark_master(spark_cluster: SparkCluster) -> str:
+    """The URL of the session's standalone Spark cluster: spark://127.0.0.1:PORT."""
+    return spark_cluster.url

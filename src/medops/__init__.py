@@ -14,7 +14,7 @@ Subpackages, top (may import those below) to bottom:
 - ``train``      networks, the training loop, checkpoints
 - ``evaluate``   metrics and plots
 - ``preprocess`` preprocessing profiles, the content-addressed cache
-- ``executor``   where map work runs: a process pool, or in-process
+- ``executor``   where map work runs: a process pool, in-process, or a Spark cluster
 - ``data``       sources, DICOM decoding, validation, splits, manifests
 - ``demo``       synthetic, clearly labelled DICOM data for the demo and tests
 - ``storage``    the state store (SQLAlchemy) and locations

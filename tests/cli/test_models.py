@@ -103,7 +103,7 @@ def test_predict_and_batch_predict(trained_project: TrainedProject, tmp_path: Pa
     rows = json.loads(out)
     assert code == 5 and rows[0]["error"] is None and "not a DICOM" in rows[1]["error"]
     code, out = medops("predict", dicoms[0], "--model", "nope@champion", "-C", root)
-    assert code == 4 and "nope@champion does not exist" in out
+    assert code == 4 and "no registered model named 'nope'" in out
 
     folder = tmp_path / "in"
     folder.mkdir()

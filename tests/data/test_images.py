@@ -341,6 +341,7 @@ def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
         "MR_small_RLE.dcm",
         "MR_small_jp2klossless.dcm",
         "SC_rgb_jpeg_dcmtk.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",  # lossless JPEG: medops' libjpeg-turbo plugin, then pylibjpeg
         "MR_small_jpeg_ls_lossless.dcm",
         "examples_palette.dcm",
     ],

@@ -1,16 +1,29 @@
-"""`medops predict` and `medops batch-predict`: the registered model on files, folders, S3."""
+"""`medops predict` and `medops batch-predict`: the registered model on files, folders, S3,
+in this process or on a Spark cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
-from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
+from medops.cli.common import (
+    JsonOpt,
+    ProjectOpt,
+    handle_errors,
+    ignore_stop_signals,
+    load_project,
+)
 from medops.cli.render import console, err_console, print_json
+from medops.config.enums import ExecutorKind
 
 if TYPE_CHECKING:
+    from medops.config.schema import ExecutorConfig
+    from medops.executor import Executor
     from medops.serve.batch import OutputFormat, Predictor
 
 ModelOpt = typer.Option(None, "--model", help="NAME@ALIAS or NAME/VERSION (default: the "
@@ -94,34 +107,61 @@ def _findings_table(predictor: Predictor, records: list[dict[str, Any]]) -> Any:
 def batch_predict(source: str = typer.Argument(
                       ..., help="A folder, a Parquet manifest (column uri) or an s3:// prefix."),
                   out: str = typer.Option(
-                      ..., "--out", help="Output .parquet or .csv file (local or s3://)."),
+                      ..., "--out", help="A folder (local or s3://; ends with '/' or has no "
+                      "suffix) for the Parquet tables predictions/ and errors/, or one "
+                      ".parquet or .csv file (local executor only)."),
                   model: str | None = ModelOpt,
                   fmt: str | None = typer.Option(
                       None, "--format", help="parquet or csv (default: from --out)."),
+                  executor: str | None = typer.Option(
+                      None, "--executor", help="local (this process) or spark (default: the "
+                      "project's executor.kind)."),
+                  master: str | None = typer.Option(
+                      None, "--master", help="The Spark master: local[*], spark://HOST:PORT, "
+                      "yarn, k8s://... (default: the project's executor.master; implies "
+                      "--executor spark)."),
+                  chunk_size: int = typer.Option(
+                      256, "--chunk-size", min=1, help="Files per part file at most: what a "
+                      "killed run or a lost Spark task has to redo."),
                   batch_size: int = BatchSizeOpt, endpoint_url: str | None = EndpointOpt,
                   project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
-    """Predict a folder, manifest or S3 prefix into Parquet or CSV.
+    """Predict a folder, manifest or S3 prefix into Parquet tables.
 
-    Every image found is predicted. Resumable: a re-run skips files already predicted. Bad
-    files get their error in the output and the summary; they never stop the batch.
+    Every image found is predicted, here or on a Spark cluster, into OUT/predictions/ and
+    OUT/errors/ (or one file, where OUT ends in .parquet or .csv). Resumable: a re-run skips
+    files already predicted. Bad files are listed in the errors table and the summary; they
+    never stop the batch.
 
-    Example: medops batch-predict data/incoming --out preds.parquet
+    Example: medops batch-predict s3://raw/xrays/ --out s3://processed/predictions/ --executor spark
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from medops.api import Session
+    from medops.serve.batch import batch_output
     from medops.serve.batch import batch_predict as run_batch
-    from medops.serve.batch import output_format as checked_format
 
-    output_format = checked_format(out, _format(fmt))  # a bad --out fails before the model loads
-    predictor = _predictor(project, model, batch_size)
+    session = Session(load_project(project))
+    cfg = _executor_config(session.config.executor, executor, master)
+    spark = cfg.kind is ExecutorKind.SPARK
+    # a bad --out fails before the model loads
+    target = batch_output(out, _format(fmt), spark=spark)
+    predictor = session.predictor(model, batch_size)
     progress = Progress("{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=err_console, transient=True,
                         disable=json_out or not err_console.is_terminal)
-    with progress:
-        task = progress.add_task(f"{predictor.name} v{predictor.version}", total=None)
-        summary = run_batch(predictor, source, out, output_format, files=_files(endpoint_url),
-                            on_progress=lambda done, total: progress.update(
-                                task, completed=done, total=total))
+    with _batch_executor(cfg) as runner, progress:
+        task = progress.add_task(f"{predictor.name} v{predictor.version}"
+                                 f"{f' on spark {cfg.master}' if spark else ''}", total=None)
+        try:
+            summary = run_batch(predictor, source, out, target.format,
+                                files=_files(endpoint_url), chunk_size=chunk_size,
+                                executor=runner, on_progress=lambda done, total: progress.update(
+                                    task, completed=done, total=total))
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]: run the same command again; it "
+                              "skips every file already written")
+            ignore_stop_signals()
+            raise typer.Exit(130) from None
     if json_out:
         print_json(summary.to_dict())
         return
@@ -130,10 +170,53 @@ def batch_predict(source: str = typer.Argument(
                   f"({summary.model} v{summary.version}, {summary.seconds:.1f}s)",
                   highlight=False)
     for e in summary.errors[:_SHOWN_ERRORS]:
-        console.print(f"[yellow]failed[/yellow] {e['uri']}: {e['error']}", highlight=False)
+        console.print(f"[yellow]failed[/yellow] {escape(e['uri'])}: {escape(e['error'])}",
+                      highlight=False)
     if len(summary.errors) > _SHOWN_ERRORS:
-        console.print(f"... and {len(summary.errors) - _SHOWN_ERRORS} more: see the error "
-                      f"column of {summary.out}", highlight=False)
+        where = target.errors if target.folder else f"the error column of {summary.out}"
+        console.print(f"... and {len(summary.errors) - _SHOWN_ERRORS} more: see {where}",
+                      highlight=False)
+
+
+def _executor_config(project: ExecutorConfig, kind: str | None,
+                     master: str | None) -> ExecutorConfig:
+    """The project's executor settings with --executor and --master over them."""
+    from medops.errors import ConfigError
+
+    choices = (ExecutorKind.LOCAL, ExecutorKind.SPARK)
+    if kind is None:
+        # --master names a Spark cluster; a project whose map steps run serially or in a
+        # local pool predicts in this process either way
+        chosen = ExecutorKind.SPARK if master or project.kind is ExecutorKind.SPARK \
+            else ExecutorKind.LOCAL
+    else:
+        try:
+            chosen = ExecutorKind(kind.lower())
+        except ValueError:
+            chosen = None
+        if chosen not in choices:
+            raise ConfigError(f"--executor {kind!r}: expected one of "
+                              f"{', '.join(c.value for c in choices)}")
+        if master and chosen is not ExecutorKind.SPARK:
+            raise ConfigError(f"--master {master} names a Spark master, but --executor is "
+                              f"{kind}; drop --master or use --executor spark")
+    update: dict[str, Any] = {"kind": chosen}
+    if master:
+        update["master"] = master
+    return project.model_copy(update=update)
+
+
+@contextmanager
+def _batch_executor(cfg: ExecutorConfig) -> Iterator[Executor | None]:
+    """The Spark executor for a Spark batch (its session starts with the job), else None: a
+    local batch predicts in this process, its threads decoding and torch's using the cores."""
+    if cfg.kind is not ExecutorKind.SPARK:
+        yield None
+        return
+    from medops.executor import make_executor
+
+    with make_executor(cfg) as executor:
+        yield executor
 
 
 def _format(fmt: str | None) -> OutputFormat | None:

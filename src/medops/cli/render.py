@@ -9,6 +9,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -131,7 +132,8 @@ class RichReporter:
     def step_failed(self, step: str, error: str, attempt: int, will_retry: bool) -> None:
         self._done()
         tail = " — retrying" if will_retry else ""
-        console.print(f"[red]✗[/red] {step:<10} attempt {attempt}: {error}{tail}")
+        # an error's text is not markup: "[...]" in it (a torch message) would break printing
+        console.print(f"[red]✗[/red] {step:<10} attempt {attempt}: {escape(error)}{tail}")
 
     def progress(self, step: str, done: int, total: int) -> None:
         if self._task is not None:

@@ -99,6 +99,7 @@ class Approval(StrEnum):
 class ExecutorKind(StrEnum):
     LOCAL = "local"  # a process pool on this machine
     SERIAL = "serial"  # one process, for debugging
+    SPARK = "spark"  # a Spark cluster (local[*], standalone, YARN, Kubernetes); extra 'spark'
 
 
 class Step(StrEnum):

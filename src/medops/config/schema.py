@@ -198,6 +198,8 @@ class TrainConfig(_Strict):
     # recompute the batch-norm statistics of the returned (averaged) weights on the training set
     recalibrate_bn: bool = True
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # distributed data parallel over this many local processes (gloo on CPU, NCCL on GPUs)
+    processes: int = Field(1, ge=1, le=64)
 
 
 class GateConfig(_Strict):
@@ -237,8 +239,24 @@ class StorageConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
+    """Where map work (validation decode, preprocessing, batch inference) runs."""
+
     kind: ExecutorKind = ExecutorKind.LOCAL
-    workers: int | None = None  # None: one per CPU core
+    workers: int | None = None  # None: one per CPU core (local); Spark: its default parallelism
+    # kind spark: "local[*]", "spark://host:7077", "yarn" or "k8s://https://host:443"
+    master: str = "local[*]"
+    # Spark properties, e.g. spark.executor.memory: 2g
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _spark_strings(cls, value: Any) -> Any:
+        """Spark properties are strings; YAML reads ``spark.executor.cores: 4`` as a number and
+        ``...enabled: true`` as a boolean, which Spark spells ``true``."""
+        if not isinstance(value, dict):
+            return value
+        return {k: (str(v).lower() if isinstance(v, bool) else
+                    str(v) if isinstance(v, int | float) else v) for k, v in value.items()}
 
 
 class RetryConfig(_Strict):

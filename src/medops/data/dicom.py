@@ -1,9 +1,12 @@
-"""DICOM decoding: header checks, stored values and the modality -> VOI -> display pipeline.
+"""DICOM decoding: header checks, stored values, and display values through
+:mod:`medops.data.dicom_display` (modality -> VOI -> MONOCHROME1).
 
 All decoding goes through pydicom 3's pixel machinery (:mod:`pydicom.pixels`), whose decoder
-plugins wrap pylibjpeg (openjpeg, libjpeg, rle), pillow and gdcm. medops only decides the plugin
-order (pylibjpeg first; gdcm only where nothing else decodes), reads one frame instead of the
-whole pixel data, and turns every failure into :class:`~medops.errors.UnreadableImageError` or
+plugins wrap pylibjpeg (openjpeg, libjpeg, rle), pillow and gdcm, plus medops' own plugin for
+lossless JPEG (libjpeg-turbo, :mod:`medops.data.dicom_codecs`). medops decides the plugin
+order (its own, then pylibjpeg; gdcm only where nothing else decodes), parses the header once
+and reads one frame from where the header check found the pixel data (not the whole pixel
+data), and turns every failure into :class:`~medops.errors.UnreadableImageError` or
 :class:`~medops.errors.UnsupportedImageError` with the file name and the reason.
 
 Patient data never enters a message or a log line: only the file name, tags and UIDs of
@@ -12,7 +15,6 @@ transfer syntaxes.
 
 from __future__ import annotations
 
-import copy
 import logging
 import struct
 from dataclasses import dataclass, replace
@@ -24,14 +26,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_dataset
-from pydicom.pixels import (
-    apply_color_lut,
-    apply_modality_lut,
-    apply_voi,
-    apply_windowing,
-    get_decoder,
-    pixel_array,
-)
+from pydicom.pixels import as_pixel_options, get_decoder
+from pydicom.pixels.decoders.base import Decoder
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -44,6 +40,8 @@ from pydicom.uid import (
 )
 
 from medops.config.enums import WindowMode
+from medops.data.dicom_codecs import LABEL, own_decoder
+from medops.data.dicom_display import display_values
 from medops.errors import DataError, MedopsError, UnreadableImageError, UnsupportedImageError
 
 log = logging.getLogger(__name__)
@@ -60,7 +58,12 @@ MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS, so both formats share one
 _PLUGIN_PREFERENCE = ("pylibjpeg", "pydicom", "pillow", "pyjpegls")
 _LAST_RESORT = "gdcm"
 
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # Pixel Data, Float, Double Float
+_PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
+_PIXEL_VRS = {b"OB", b"OW", b"OF", b"OD", b"UN"}
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -75,22 +78,15 @@ _PIP_HINTS: list[tuple[set[UID], str]] = [
     ),
 ]
 
-# Elements the LUT pipeline reads; copied into a per-frame view so pydicom's functions (which
-# write some of them back) never touch the parsed header.
-_LUT_KEYWORDS = (
-    "PhotometricInterpretation",
-    "BitsStored",
-    "BitsAllocated",
-    "PixelRepresentation",
-    "SamplesPerPixel",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "ModalityLUTSequence",
-    "WindowCenter",
-    "WindowWidth",
-    "VOILUTFunction",
-    "VOILUTSequence",
-)
+
+@dataclass(frozen=True)
+class PixelElement:
+    """Where a file's pixel data element starts its value, and what pydicom's decoders need to
+    read it from there: the header is parsed once, never again to decode."""
+
+    keyword: str  # PixelData, FloatPixelData or DoubleFloatPixelData
+    vr: str | None  # None for implicit VR syntaxes
+    value_offset: int
 
 
 @dataclass(frozen=True)
@@ -99,7 +95,7 @@ class DicomHeader:
 
     ``dataset`` holds the elements before the pixel data; when ``in_memory`` it is a complete
     dataset (deflated files, files without file meta) and pixels are decoded from it rather
-    than re-read from the file.
+    than re-read from the file. Otherwise ``pixels`` locates the pixel data in the file.
     """
 
     name: str
@@ -107,6 +103,7 @@ class DicomHeader:
     transfer_syntax: UID
     n_frames: int
     in_memory: bool
+    pixels: PixelElement | None = None
 
 
 def read_header(f: BinaryIO, name: str) -> DicomHeader:
@@ -149,11 +146,12 @@ def _read_header(f: BinaryIO, name: str) -> DicomHeader:
     ts = UID(ts)
     _check_decoder(ts, name)  # first: the checks below need a known syntax
 
+    pixels = None
     if in_memory:
         if not any(kw in ds for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             _no_pixel_data(f, ds, name)
     else:
-        _check_pixel_element(f, ts, name, ds)
+        pixels = _check_pixel_element(f, ts, name, ds)
 
     rows, cols = _int(ds, "Rows", name), _int(ds, "Columns", name)
     if rows <= 0 or cols <= 0:
@@ -165,23 +163,29 @@ def _read_header(f: BinaryIO, name: str) -> DicomHeader:
         )
     n_frames = _int(ds, "NumberOfFrames", name, default=1) or 1
     return DicomHeader(
-        name=name, dataset=ds, transfer_syntax=ts, n_frames=n_frames, in_memory=in_memory
+        name=name,
+        dataset=ds,
+        transfer_syntax=ts,
+        n_frames=n_frames,
+        in_memory=in_memory,
+        pixels=pixels,
     )
 
 
 def with_pixel_data(f: BinaryIO, header: DicomHeader) -> DicomHeader:
     """``header`` completed with the pixel data element (and anything after it) read from
-    ``f``, where :func:`read_header` left it, so that pixels decode from the dataset. For files
-    already in memory: decoding from ``f`` makes pydicom parse the whole header a second time
-    (~2.5 ms for a small CT), reading the rest here costs a copy of the pixel bytes."""
+    ``f``, where :func:`read_header` left it, for a caller that wants the whole dataset: pixels
+    then decode from it. Decoding needs none of this (:func:`decode_stored` reads one frame
+    from ``f`` without parsing the header again), and it costs a copy of all the pixel bytes."""
     if header.in_memory:
         return header
     ts = header.transfer_syntax
     try:
         rest = read_dataset(f, ts.is_implicit_VR, ts.is_little_endian)
     except Exception as exc:  # read_header checked the element's length: a damaged file
-        raise UnreadableImageError(f"{header.name}: cannot read the pixel data ({_why(exc)})") \
-            from exc
+        raise UnreadableImageError(
+            f"{header.name}: cannot read the pixel data ({_why(exc)})"
+        ) from exc
     header.dataset.update(rest)
     return replace(header, in_memory=True)
 
@@ -204,20 +208,20 @@ def decode_stored(f: BinaryIO, header: DicomHeader, index: int) -> np.ndarray:
     No modality or VOI LUT is applied; YBR_FULL(_422) and YBR_ICT/RCT come back as RGB, as
     pydicom and the JPEG 2000 codecs convert them.
     """
-    decoder = get_decoder(header.transfer_syntax)
-    available = set(decoder.available_plugins)
-    plugins = [p for p in _PLUGIN_PREFERENCE if p in available]
-    plugins += sorted(available - set(plugins) - {_LAST_RESORT})
-    if not plugins and _LAST_RESORT in available:
-        plugins = [_LAST_RESORT]
     failures = []
-    for plugin in plugins or [""]:  # native syntaxes have no plugins
+    for decoder, plugin in _plugins(header.transfer_syntax):
         try:
-            if header.in_memory:
-                return pixel_array(header.dataset, index=index, decoding_plugin=plugin)
-            return pixel_array(
-                f, index=index, decoding_plugin=plugin, transfer_syntax_uid=header.transfer_syntax
+            if header.in_memory or header.pixels is None:
+                # What pydicom.pixels.pixel_array does for a dataset, with this decoder.
+                opts = as_pixel_options(header.dataset)
+                src: Dataset | BinaryIO = header.dataset
+            else:
+                opts = _file_options(f, header, header.pixels)
+                src = f
+            arr, _ = decoder.as_array(
+                src, index=index, validate=True, decoding_plugin=plugin, **opts
             )
+            return arr
         except _INTERRUPTS:
             raise
         except BaseException as exc:  # pylibjpeg-rle (Rust) panics with a BaseException
@@ -227,6 +231,39 @@ def decode_stored(f: BinaryIO, header: DicomHeader, index: int) -> np.ndarray:
         f"{header.name}: cannot decode the pixel data ({header.transfer_syntax.name}): "
         + "; ".join(failures)
     )
+
+
+def _plugins(ts: UID) -> list[tuple[Decoder, str]]:
+    """The (decoder, plugin) pairs to try, in order: medops' own plugin where it has one
+    (:mod:`medops.data.dicom_codecs`), then pydicom's by ``_PLUGIN_PREFERENCE``, gdcm only
+    where nothing else decodes; native syntaxes have one unnamed plugin."""
+    decoder = get_decoder(ts)
+    available = set(decoder.available_plugins)
+    plugins = [p for p in _PLUGIN_PREFERENCE if p in available]
+    plugins += sorted(available - set(plugins) - {_LAST_RESORT})
+    if not plugins and _LAST_RESORT in available:
+        plugins = [_LAST_RESORT]
+    pairs = [(decoder, plugin) for plugin in plugins or [""]]
+    if own := own_decoder(ts):
+        pairs.insert(0, (own, LABEL))
+    return pairs
+
+
+def _file_options(f: BinaryIO, header: DicomHeader, pixels: PixelElement) -> dict[str, Any]:
+    """The decoding options for one frame read from ``f`` at the pixel data value, which is
+    where ``f`` is left: what ``pydicom.pixels.pixel_array`` works out for a file, but from
+    the header :func:`read_header` parsed (pixel_array parses it again, which for an
+    uncompressed 512x512 frame took as long as the decode). Only that frame's bytes (native)
+    or fragments (encapsulated) are then read."""
+    opts: dict[str, Any] = as_pixel_options(
+        header.dataset,
+        transfer_syntax_uid=header.transfer_syntax,
+        pixel_keyword=pixels.keyword,
+    )
+    if pixels.vr is not None:
+        opts["pixel_vr"] = pixels.vr
+    f.seek(pixels.value_offset)
+    return opts
 
 
 def to_display(
@@ -246,37 +283,12 @@ def to_display_with_range(
     LUT and the window allow (``(0, 2**BitsStored - 1)`` for plain unsigned stored values),
     not the range of this image's pixels."""
     try:
-        values, lo, hi = _to_display(stored, header, index, window)
+        values, lo, hi = display_values(stored, header.dataset, index, window, header.name)
     except Exception as exc:  # a malformed LUT element, say: the file is at fault
         raise UnreadableImageError(
             f"{header.name}: cannot apply the modality/palette LUT ({_why(exc)})"
         ) from exc
     return values, (lo, hi)
-
-
-def _to_display(
-    stored: np.ndarray, header: DicomHeader, index: int, window: WindowMode
-) -> tuple[np.ndarray, float, float]:
-    ds = header.dataset
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(stored, ds)
-        top = np.iinfo(rgb.dtype).max if np.issubdtype(rgb.dtype, np.integer) else 1.0
-        return np.asarray(rgb, dtype=np.float32), 0.0, float(top)
-    if stored.ndim == 3:
-        bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
-        return stored.astype(np.float32), 0.0, float(2**bits - 1)
-
-    view = _frame_view(ds, index)
-    lo, hi = _modality_range(view)
-    values = apply_modality_lut(stored, view)
-    if window is WindowMode.AUTO:
-        values, lo, hi = _apply_window(values, view, lo, hi, header.name)
-    values = np.asarray(values, dtype=np.float32)
-    if photometric == "MONOCHROME1":
-        # Reflect within the output range so values stay where the pipeline put them.
-        values = np.float32(lo + hi) - values
-    return values, lo, hi
 
 
 # -- header helpers ---------------------------------------------------------------------------
@@ -326,9 +338,10 @@ def _syntax_of(ds: Dataset, name: str) -> UID:
     return UID(ts)
 
 
-def _check_pixel_element(f: BinaryIO, ts: UID, name: str, ds: Dataset) -> None:
+def _check_pixel_element(f: BinaryIO, ts: UID, name: str, ds: Dataset) -> PixelElement:
     """``f`` is where dcmread stopped: at the pixel data element, or at EOF if there is none.
-    Check the element is there and that the file holds all of its value."""
+    Check the element is there and that the file holds all of its value; ``f`` is left where
+    it was."""
     start = f.tell()
     size = f.seek(0, 2)
     f.seek(start)
@@ -337,14 +350,18 @@ def _check_pixel_element(f: BinaryIO, ts: UID, name: str, ds: Dataset) -> None:
     try:
         endian = "<" if ts.is_little_endian else ">"
         group, elem = struct.unpack(f"{endian}HH", f.read(4))
-        if ts.is_implicit_VR:
-            (length,) = struct.unpack(f"{endian}L", f.read(4))
-        else:
-            f.read(4)  # VR + reserved
-            (length,) = struct.unpack(f"{endian}L", f.read(4))
+        vr: str | None = None
+        word = f.read(4)
+        if not ts.is_implicit_VR and word[:2] in _PIXEL_VRS:
+            vr = word[:2].decode("ascii")  # then 2 reserved bytes and a 4-byte length
+            word = f.read(4)
+        # else implicit VR, or an explicit-VR syntax written in implicit VR, which pydicom
+        # reads too (SC_rgb_jpeg.dcm): the word is the length.
+        (length,) = struct.unpack(f"{endian}L", word)
     except struct.error as exc:
         raise UnreadableImageError(f"{name}: truncated at the pixel data element") from exc
-    if (group << 16 | elem) not in _PIXEL_TAGS:
+    keyword = _PIXEL_TAGS.get(group << 16 | elem)
+    if keyword is None:
         raise UnsupportedImageError(f"{name}: DICOM file without pixel data")
     value_start = f.tell()
     if length == _UNDEFINED:
@@ -355,6 +372,7 @@ def _check_pixel_element(f: BinaryIO, ts: UID, name: str, ds: Dataset) -> None:
             f"{size - value_start}"
         )
     f.seek(start)
+    return PixelElement(keyword=keyword, vr=vr, value_offset=value_start)
 
 
 def _no_pixel_data(f: BinaryIO, ds: Dataset, name: str) -> NoReturn:
@@ -415,7 +433,7 @@ def _check_decoder(ts: UID, name: str) -> None:
             f"pydicom {pydicom.__version__}; convert the file to an uncompressed syntax "
             "first (for example `gdcmconv --raw in.dcm out.dcm`)"
         ) from None
-    if not decoder.is_available:
+    if not decoder.is_available and own_decoder(ts) is None:
         hint = next((h for uids, h in _PIP_HINTS if ts in uids), "pip install python-gdcm")
         missing = "; ".join(decoder.missing_dependencies)
         raise UnsupportedImageError(
@@ -448,67 +466,3 @@ def _why(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     text = text.removeprefix(_ALL_PLUGINS_FAILED).strip()
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
-# -- LUT helpers --------------------------------------------------------------------------------
-
-
-def _frame_view(ds: Dataset, index: int) -> Dataset:
-    """The LUT-related elements for frame ``index``, with Enhanced multi-frame functional
-    groups (shared, then per-frame) flattened over the top-level values as the standard says;
-    ``ds`` itself when it has no functional groups (most files: copying costs ~1 ms)."""
-    if "SharedFunctionalGroupsSequence" not in ds and "PerFrameFunctionalGroupsSequence" not in ds:
-        return ds
-    view = Dataset()
-    for kw in _LUT_KEYWORDS:
-        if kw in ds:
-            view.add(copy.copy(ds[kw]))
-    if hasattr(ds, "file_meta"):
-        view.file_meta = ds.file_meta  # OW LUT data needs the endianness
-    groups = []
-    if shared := ds.get("SharedFunctionalGroupsSequence"):
-        groups.append(shared[0])
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame and index < len(per_frame):
-        groups.append(per_frame[index])
-    for group in groups:
-        for seq in ("PixelValueTransformationSequence", "FrameVOILUTSequence"):
-            if items := group.get(seq):
-                for elem in items[0]:
-                    view.add(copy.copy(elem))
-    return view
-
-
-def _modality_range(view: Dataset) -> tuple[float, float]:
-    """The output range of the modality stage, as pydicom's windowing computes it."""
-    if seq := view.get("ModalityLUTSequence"):
-        return 0.0, float(2 ** int(seq[0].LUTDescriptor[2]) - 1)
-    bits = int(view.get("BitsStored") or view.get("BitsAllocated") or 16)
-    if int(view.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2**bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    if "RescaleSlope" in view and "RescaleIntercept" in view:
-        slope, intercept = float(view.RescaleSlope), float(view.RescaleIntercept)
-        lo, hi = lo * slope + intercept, hi * slope + intercept
-    return lo, hi
-
-
-def _apply_window(
-    values: np.ndarray, view: Dataset, lo: float, hi: float, name: str
-) -> tuple[np.ndarray, float, float]:
-    """VOI LUT when present, else the first WindowCenter/Width; a broken one is skipped."""
-    seq = view.get("VOILUTSequence")
-    try:
-        if seq and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]:
-            if not np.issubdtype(values.dtype, np.integer):
-                # Rescaled values are floats; a VOI LUT is indexed by integers.
-                values = np.rint(values).astype(np.int64)
-            depth = int(seq[0].LUTDescriptor[2])
-            return apply_voi(values, view, 0), 0.0, float(2**depth - 1)
-        if "WindowCenter" in view and "WindowWidth" in view:
-            return apply_windowing(values, view, 0), lo, hi
-    except Exception as exc:
-        # A malformed window must not make the image unusable: fall back to full range.
-        log.warning("%s: ignoring the VOI LUT/window (%s)", name, _why(exc))
-    return values, lo, hi

@@ -139,8 +139,6 @@ def read_pixels_with_range(
     with _opened(source) as (f, name, fmt):
         if fmt is ImageFormat.DICOM:
             header = dicom.read_header(f, name)
-            if isinstance(source, bytes | bytearray | memoryview):  # decode without a re-parse
-                header = dicom.with_pixel_data(f, header)
             index = dicom.frame_index(header, frame)
             stored = dicom.decode_stored(f, header, index)
             return dicom.to_display_with_range(stored, header, index, window)

@@ -22,10 +22,17 @@ def _serial(cfg: ExecutorConfig) -> Executor:
     return SerialExecutor()
 
 
+def _spark(cfg: ExecutorConfig) -> Executor:
+    from medops.executor.spark import SparkExecutor  # pyspark itself loads on first use
+
+    return SparkExecutor(cfg.master, cfg.conf, parallelism=cfg.workers)
+
+
 # One builder per kind; a new backend registers here and imports its heavy parts lazily.
 _BACKENDS: dict[str, Callable[[ExecutorConfig], Executor]] = {
     ExecutorKind.LOCAL.value: _local,
     ExecutorKind.SERIAL.value: _serial,
+    ExecutorKind.SPARK.value: _spark,
 }
 
 

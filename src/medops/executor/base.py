@@ -1,7 +1,7 @@
 """The executor interface: map a function over items, results in order, somewhere.
 
 Like httpx's one-method transport, an executor does one thing (``map``); where the work runs
-(this process, a local process pool, later a cluster) is the backend's business. Functions and
+(this process, a local process pool, a Spark cluster) is the backend's business. Functions and
 items must be picklable for any backend but the serial one: use module-level functions.
 """
 

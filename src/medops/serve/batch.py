@@ -5,16 +5,23 @@ Rows: ``uri``, ``p_<class>`` for each class, ``label``, ``model``, ``version`` a
 per finding, and ``findings`` (the positive findings ``|``-joined, empty for none) after
 ``label`` (the same findings as one canonical text, ``No Finding`` for none).
 
-A bad file (corrupt, truncated, not an image) gets its error in that row; the rest of the batch
-goes on. Finished chunks are written as they complete (``OUT.parts/``) and merged into OUT at
-the end, so a killed run loses at most one chunk, and a re-run skips every file already
-predicted by the same model version.
+Two output layouts:
+
+- a file, ``OUT.parquet`` or ``OUT.csv``: finished chunks are written as they complete
+  (``OUT.parts/``) and merged into OUT at the end; a bad file's row carries its error;
+- a folder (``OUT/``, or a name without a suffix): two Parquet tables of part files,
+  ``OUT/predictions/`` (the rows above without ``error``) and ``OUT/errors/`` (``uri``,
+  ``error``), written shard by shard (:mod:`medops.serve.batch_shards`); the only layout of the
+  Spark executor, whose tasks write the shards themselves (:mod:`medops.serve.batch_spark`).
+
+A bad file (corrupt, truncated, not an image) never stops the batch. A killed run loses at
+most the chunks in flight, and a re-run skips every file already predicted by the same model
+version and tries the failed ones again.
 """
 
 from __future__ import annotations
 
-import io
-import shutil
+import os
 import tempfile
 import time
 import uuid
@@ -22,123 +29,36 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import pandas as pd
 
-from medops.config.enums import StrEnum
-from medops.data.sources.folder import visible_files
 from medops.errors import ConfigError, DataError, DependencyMissingError, NotFoundError
 from medops.preprocess import preprocess_bytes
-from medops.registry import CHAMPION, LoadedModel, ModelRegistry
+from medops.registry import CHAMPION, LoadedModel, ModelRegistry, ModelVersionInfo
+from medops.serve.batch_files import (
+    Files,
+    OutputFormat,
+    access_fix,
+    error_reason,
+    is_s3,
+    local_path,
+)
 from medops.serve.outputs import FINDINGS, findings_text, predictions
 from medops.train import predict_proba
 
+if TYPE_CHECKING:
+    from medops.executor import Executor
+    from medops.executor.spark import SparkExecutor
+
+__all__ = ["BatchOutput", "BatchSummary", "Files", "ModelLocation", "ModelRef", "OutputFormat",
+           "Predictor", "batch_output", "batch_predict", "empty_frame", "is_s3", "list_inputs",
+           "other_model_error", "output_format"]
+
 #: Files a folder or prefix may hold that are not images (FolderSource skips the same ones).
 _NOT_IMAGES = {".csv", ".txt", ".md", ".json", ".yaml", ".yml", ".parquet", ".ds_store"}
-_TEXT_COLUMNS = ("uri", "label", FINDINGS, "model", "version", "error")
 _READERS = 8  # threads reading and decoding files; I/O and image codecs release the GIL
-
-
-class OutputFormat(StrEnum):
-    PARQUET = "parquet"
-    CSV = "csv"
-
-
-class Files:
-    """Local paths and ``s3://`` URIs (through boto3) behind the few operations batches need."""
-
-    def __init__(self, endpoint_url: str | None = None) -> None:
-        self._endpoint_url = endpoint_url
-        self._client: Any = None
-
-    def _s3(self) -> Any:
-        if self._client is None:
-            try:
-                import boto3
-            except ModuleNotFoundError as exc:
-                raise DependencyMissingError("boto3", "aws", "s3:// inputs and outputs") from exc
-            self._client = boto3.client("s3", endpoint_url=self._endpoint_url)
-        return self._client
-
-    def _keys(self, uri: str) -> list[str]:
-        bucket, prefix = _split_s3(uri)
-        pages = self._s3().get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                    Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-    def read_bytes(self, uri: str) -> bytes:
-        if is_s3(uri):
-            bucket, key = _split_s3(uri)
-            return bytes(self._s3().get_object(Bucket=bucket, Key=key)["Body"].read())
-        return _local(uri).read_bytes()
-
-    def exists(self, uri: str) -> bool:
-        if is_s3(uri):
-            _, key = _split_s3(uri)
-            return any(k == key or k.startswith(key.rstrip("/") + "/") for k in self._keys(uri))
-        return _local(uri).exists()
-
-    def is_dir(self, uri: str) -> bool:
-        if is_s3(uri):
-            return bool(self._keys(uri.rstrip("/") + "/"))
-        return _local(uri).is_dir()
-
-    def find(self, uri: str) -> list[str]:
-        """Every file under a folder or prefix, recursively, as URIs like ``uri``; hidden files
-        and folders (a name starting with '.') are left out."""
-        if is_s3(uri):
-            bucket, prefix = _split_s3(uri.rstrip("/") + "/")
-            return sorted(f"s3://{bucket}/{key}" for key in self._keys(uri.rstrip("/") + "/")
-                          if not any(part.startswith(".")
-                                     for part in key[len(prefix):].split("/")))
-        return [str(p) for p in visible_files(_local(uri).resolve())]
-
-    def read_table(self, uri: str, fmt: OutputFormat = OutputFormat.PARQUET) -> pd.DataFrame:
-        source: Any = io.BytesIO(self.read_bytes(uri)) if is_s3(uri) else _local(uri)
-        if fmt is OutputFormat.CSV:
-            return pd.read_csv(source, dtype={c: str for c in _TEXT_COLUMNS})
-        return pd.read_parquet(source)
-
-    def write_table(self, frame: pd.DataFrame, uri: str, fmt: OutputFormat) -> None:
-        buf = io.BytesIO()
-        if fmt is OutputFormat.CSV:
-            buf.write(frame.to_csv(index=False).encode())
-        else:
-            frame.to_parquet(buf, index=False)
-        if is_s3(uri):  # a PUT is atomic: readers never see half an object
-            bucket, key = _split_s3(uri)
-            self._s3().put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
-            return
-        path = _local(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(buf.getvalue())
-        tmp.replace(path)  # readers never see half a file
-
-    def remove_tree(self, uri: str) -> None:
-        if is_s3(uri):
-            bucket, _ = _split_s3(uri)
-            keys = self._keys(uri.rstrip("/") + "/")
-            for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 keys at most
-                chunk = [{"Key": k} for k in keys[start:start + 1000]]
-                self._s3().delete_objects(Bucket=bucket, Delete={"Objects": chunk})
-        else:
-            shutil.rmtree(_local(uri), ignore_errors=True)
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    return bucket, key
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def _local(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri)
 
 
 @dataclass(frozen=True)
@@ -170,6 +90,20 @@ class ModelRef:
         return f"{self.name}@{self.alias}" if self.alias else f"{self.name}/{self.version}"
 
 
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where a registered version can be loaded from by another process or machine: what a
+    Spark task receives instead of the model itself."""
+
+    tracking_uri: str  # the MLflow tracking and registry store
+    name: str
+    version: str
+    # The version's artifact URI (it holds the run or logged-model id): a worker's model
+    # cache is keyed by it, so a registry recreated with another "version 1" is never served
+    # from a stale copy.
+    source: str
+
+
 @dataclass
 class Predictor:
     """A loaded model version and how to batch its forward passes."""
@@ -178,20 +112,32 @@ class Predictor:
     name: str
     version: str
     batch_size: int = 32
+    location: ModelLocation | None = None  # None: a model that was not loaded from a registry
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, ref: ModelRef,
                       batch_size: int = 32) -> Predictor:
+        info: ModelVersionInfo | None
         if ref.version is not None:
-            version = registry.get(ref.version).version
+            registry.check_exists()
+            info = registry.get(ref.version)
         else:
             info = registry.by_alias(ref.alias or CHAMPION)
             if info is None:
+                registry.check_exists()  # no such model at all: the error lists the known ones
                 raise NotFoundError(
                     f"{ref} does not exist; approve a version (`medops models approve "
                     f"{ref.name} VERSION ...`) or name one: --model {ref.name}/VERSION")
-            version = info.version
-        return cls(registry.load(version), registry.name, version, batch_size)
+        location = ModelLocation(str(registry.client.tracking_uri), registry.name,
+                                 info.version, info.source)
+        return cls(registry.load(info.version), registry.name, info.version, batch_size,
+                   location)
+
+    @property
+    def prediction_columns(self) -> list[str]:
+        """The columns of the folder layout's predictions table: :attr:`columns` less
+        ``error``."""
+        return [c for c in self.columns if c != "error"]
 
     @property
     def columns(self) -> list[str]:
@@ -255,7 +201,21 @@ class BatchSummary:
 
 def list_inputs(source: str, files: Files) -> list[str]:
     """The image URIs of ``source``: a folder (recursively), a Parquet manifest with a column
-    ``uri``, an ``s3://`` prefix, or one image file."""
+    ``uri``, an ``s3://`` prefix, or one image file. ConfigError, naming ``source`` and the
+    reason, when it cannot be listed (no such bucket, no credentials, permission denied)."""
+    try:
+        return _list_inputs(source, files)
+    except (ConfigError, DependencyMissingError):
+        raise
+    except Exception as exc:  # boto3's and the filesystem's errors, one clear message
+        raise ConfigError(f"cannot read the batch's source {source}: {error_reason(exc)}; "
+                          f"{access_fix(source)}") from exc
+
+
+def _list_inputs(source: str, files: Files) -> list[str]:
+    if not is_s3(source) and local_path(source).is_dir():
+        with os.scandir(local_path(source)):  # an unreadable folder: os.walk would say "empty"
+            pass
     if source.endswith(".parquet"):
         if not files.exists(source):
             raise ConfigError(f"manifest {source} does not exist")
@@ -268,46 +228,122 @@ def list_inputs(source: str, files: Files) -> list[str]:
         found = files.find(source)
         return sorted(u for u in found if _looks_like_image(u))
     if files.exists(source):
-        return [source if is_s3(source) else str(_local(source).resolve())]
+        return [source if is_s3(source) else str(local_path(source).resolve())]
     raise ConfigError(f"{source} is neither a folder, an s3:// prefix, a Parquet manifest nor "
                       "an image file")
 
 
-def output_format(out: str, fmt: OutputFormat | None = None) -> OutputFormat:
-    """The format ``out`` is written in: its suffix, .parquet or .csv, which ``fmt`` (when
-    given) must agree with; and a local ``out`` must be writable. Checked before any image is
-    read, so a bad --out costs no predictions."""
+@dataclass(frozen=True)
+class BatchOutput:
+    """Where a batch writes: one file (``.parquet``/``.csv``), or a folder of two Parquet
+    tables, ``predictions/`` and ``errors/``."""
+
+    uri: str
+    format: OutputFormat
+    folder: bool
+
+    @property
+    def predictions(self) -> str:
+        return f"{self.uri.rstrip('/')}/predictions/"
+
+    @property
+    def errors(self) -> str:
+        return f"{self.uri.rstrip('/')}/errors/"
+
+
+def batch_output(out: str, fmt: OutputFormat | None = None, *,
+                 spark: bool = False) -> BatchOutput:
+    """Where ``out`` says to write: a folder when it ends with '/' or has no suffix (always
+    Parquet), else a file whose suffix, .parquet or .csv, ``fmt`` (when given) must agree
+    with; ``spark``: only a folder will do. A local ``out`` must be writable. Checked before
+    any image is read, so a bad --out costs no predictions."""
     suffix = PurePosixPath(out).suffix.lower()
+    folder = out.endswith("/") or not suffix or (not is_s3(out) and local_path(out).is_dir())
     formats = [f".{f.value}" for f in OutputFormat]
-    if suffix not in formats:
+    if folder:
+        if fmt is not None and fmt is not OutputFormat.PARQUET:
+            raise ConfigError(f"--out {out} is a folder, which holds Parquet tables; drop "
+                              f"--format {fmt.value} or name an output file .{fmt.value}")
+        found = OutputFormat.PARQUET
+    elif suffix not in formats:
         raise ConfigError(f"--out {out}: batch predictions are written as Parquet or CSV; name "
-                          f"the output file {' or '.join(formats)} (e.g. preds.parquet)")
-    found = OutputFormat(suffix[1:])
-    if fmt is not None and fmt is not found:
-        raise ConfigError(f"--out {out} is a {suffix} file but --format is {fmt.value}; drop "
-                          f"--format or name the output file .{fmt.value}")
+                          f"the output file {' or '.join(formats)} (e.g. preds.parquet), or a "
+                          "folder ending in '/' for Parquet tables of predictions and errors")
+    else:
+        found = OutputFormat(suffix[1:])
+        if fmt is not None and fmt is not found:
+            raise ConfigError(f"--out {out} is a {suffix} file but --format is {fmt.value}; "
+                              f"drop --format or name the output file .{fmt.value}")
+    if spark and not folder:
+        raise ConfigError(f"--out {out}: the Spark executor writes a folder of Parquet part "
+                          f"files; name a folder, e.g. --out {_folder_for(out)}")
     if not is_s3(out):
-        folder = _local(out).resolve().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".medops-probe-"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); "
-                              "choose a folder you can write to") from None
-    return found
+        target = local_path(out).resolve()
+        _check_writable(out, target if folder else target.parent)
+    return BatchOutput(out, found, folder)
+
+
+def _check_writable(out: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medops-probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--out {out}: cannot write in {folder} ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
+
+
+def output_format(out: str, fmt: OutputFormat | None = None) -> OutputFormat:
+    """The format ``out`` is written in (see :func:`batch_output`, which also checks it)."""
+    return batch_output(out, fmt).format
 
 
 def batch_predict(predictor: Predictor, source: str, out: str,
                   fmt: OutputFormat | None = None, *, files: Files | None = None,
                   chunk_size: int = 256,
-                  on_progress: Callable[[int, int], None] | None = None) -> BatchSummary:
-    """Predict every image of ``source`` into ``out`` (Parquet or CSV; local or ``s3://``),
-    skipping files an earlier run already predicted with the same model version."""
+                  on_progress: Callable[[int, int], None] | None = None,
+                  executor: Executor | None = None) -> BatchSummary:
+    """Predict every image of ``source`` into ``out`` (a .parquet or .csv file, or a folder
+    of Parquet tables; local or ``s3://``), skipping files an earlier run already predicted
+    with the same model version. ``executor``: a Spark executor runs the batch on its cluster
+    (folder outputs only); any other, or None, predicts in this process."""
     started = time.perf_counter()
     files = files or Files()
-    fmt = output_format(out, fmt)
+    spark = executor if _is_spark(executor) else None
+    target = batch_output(out, fmt, spark=spark is not None)
+    if is_s3(out):
+        files.check_bucket(out)
     uris = list_inputs(source, files)
+    if target.folder:
+        from medops.serve.batch_shards import predict_into_folder
+
+        result = predict_into_folder(predictor, uris, target, files, chunk_size=chunk_size,
+                                     on_progress=on_progress, executor=spark)
+        return BatchSummary(
+            source=source, out=out, model=predictor.name, version=predictor.version,
+            total=len(uris), predicted=result.predicted, skipped=result.skipped,
+            failed=len(result.errors), seconds=round(time.perf_counter() - started, 3),
+            errors=result.errors)
+    return _predict_into_file(predictor, source, uris, target, files, chunk_size, on_progress,
+                              started)
+
+
+def _is_spark(executor: Executor | None) -> TypeGuard[SparkExecutor]:
+    from medops.executor.spark import SparkExecutor  # light: pyspark loads with a session
+
+    return isinstance(executor, SparkExecutor)
+
+
+def _folder_for(out: str) -> str:
+    path = PurePosixPath(out)
+    return f"{out[:-len(path.suffix)] if path.suffix else out}/"
+
+
+def _predict_into_file(predictor: Predictor, source: str, uris: list[str], target: BatchOutput,
+                       files: Files, chunk_size: int,
+                       on_progress: Callable[[int, int], None] | None,
+                       started: float) -> BatchSummary:
+    out, fmt = target.uri, target.format
     parts = out.rstrip("/") + ".parts"
     earlier = _earlier_rows(out, parts, fmt, files, predictor)
     done = set(earlier.loc[earlier["error"].isna(), "uri"]) if len(earlier) else set()
@@ -323,7 +359,7 @@ def batch_predict(predictor: Predictor, source: str, out: str,
             on_progress(min(start + chunk_size, len(todo)), len(todo))
     merged = pd.concat([earlier, *new], ignore_index=True) if new else earlier
     if len(merged) == 0:
-        merged = pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in predictor.columns})
+        merged = empty_frame(predictor.columns)
     merged = merged.drop_duplicates("uri", keep="last").reset_index(drop=True)
     files.write_table(merged[predictor.columns], out, fmt)
     files.remove_tree(parts)
@@ -345,7 +381,7 @@ def _earlier_rows(out: str, parts: str, fmt: OutputFormat, files: Files,
                    if p.endswith(".parquet")]
     frames = [f for f in frames if len(f)]
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in predictor.columns})
+        return empty_frame(predictor.columns)
     rows = pd.concat(frames, ignore_index=True)
     found = None
     if any(c not in rows.columns for c in predictor.columns):
@@ -356,11 +392,26 @@ def _earlier_rows(out: str, parts: str, fmt: OutputFormat, files: Files,
         if len(other):
             found = f"{other['model'].iloc[0]} v{other['version'].iloc[0]}"
     if found:
-        raise ConfigError(
-            f"{out} already holds predictions of {found}, not {predictor.name} "
-            f"v{predictor.version}; write to another --out or delete it to start over")
+        raise other_model_error(out, found, predictor)
     rows["error"] = rows["error"].astype(object).where(rows["error"].notna(), None)
     return rows[predictor.columns]
+
+
+def other_model_error(out: str, found: str, predictor: Predictor) -> ConfigError:
+    """Refusing to mix two models' predictions in one output; ``found`` is "NAME vVERSION"
+    (or a description of the columns found)."""
+    name, _, version = found.rpartition(" v")
+    resume = (f", or finish that batch with --model {name}/{version}"
+              if name and version.isdigit() else "")
+    return ConfigError(
+        f"{out} already holds predictions of {found}, not {predictor.name} "
+        f"v{predictor.version}; write to another --out, or delete {out} to start over"
+        f"{resume}")
+
+
+def empty_frame(columns: Sequence[str]) -> pd.DataFrame:
+    """No rows, with the types a table of these columns has."""
+    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
 
 
 def _dtype(column: str) -> str:
