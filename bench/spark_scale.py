@@ -129,12 +129,22 @@ def job_cost(executor: Executor, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def job_rate(executor: Executor, jobs: int = 128) -> float:
+    """Jobs per second the driver completes when a map is split into ``jobs`` small
+    partitions (the executor was planned for far more cores than it has)."""
+    items = list(range(4 * jobs))  # 4 items per partition: the executor's minimum
+    started = time.perf_counter()
+    list(executor.map(abs, items))
+    return jobs / (time.perf_counter() - started)
+
+
 @contextmanager
-def spark(master: str, conf: dict[str, str] | None = None) -> Iterator[tuple[Executor, float]]:
+def spark(master: str, conf: dict[str, str] | None = None,
+          parallelism: int = CORES) -> Iterator[tuple[Executor, float]]:
     """A Spark executor on ``master`` with its session started, and the start's seconds."""
     from medops.executor.spark import SparkExecutor
 
-    executor = SparkExecutor(master, conf, parallelism=CORES)
+    executor = SparkExecutor(master, conf, parallelism=parallelism)
     started = time.perf_counter()
     executor.session  # noqa: B018 - start it outside the timed maps
     try:
@@ -223,6 +233,8 @@ def main() -> None:
                     inf.append(Timing(label, "inference", n, seconds, CORES))
                 print(f"  {label} done", flush=True)
 
+        with spark(f"local[{CORES}]", parallelism=32) as (executor, _):
+            rate = job_rate(executor)
         print(f"\npreprocess, {args.size}x{args.size} (outputs identical to the loop's):")
         for t in pre:
             print(t.line({"loop": pre[0].rate, "pool": pre[1].rate}))
@@ -234,6 +246,8 @@ def main() -> None:
             print(f"  {label:34} session start {start_s:5.1f} s (the JVM starts with the first)"
                   f"   a job over 2 items "
                   f"{job_s * 1e3:6.0f} ms")
+        print(f"  the driver completes {rate:.1f} jobs/s (a map in 128 partitions of 4 trivial "
+              f"items on local[{CORES}], planned for 32 cores)")
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -216,7 +216,22 @@ def main() -> None:
     # imported, so the level is set through the variable MLflow reads; users may override it.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
-        app()
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            # a rank of a torchrun launch: rank 0 runs the command, the others train with it
+            # (docs/distributed.md)
+            from rich.markup import escape
+
+            from medops.cli.render import err_console
+            from medops.errors import MedopsError, exit_code_for
+            from medops.train.torchrun import run_under_torchrun
+
+            try:
+                run_under_torchrun(app)
+            except MedopsError as exc:  # joining the launch, or another rank's training
+                err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
+                raise SystemExit(exit_code_for(exc)) from None
+        else:
+            app()
     except KeyboardInterrupt:
         # a stop is exit status 130 however late it lands
         ignore_stop_signals()

@@ -32,6 +32,7 @@ from typing import Any, Literal, TypeVar
 
 from medops.errors import ConfigError
 from medops.executor.base import Executor
+from medops.executor.threads import limit_threads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -40,14 +41,6 @@ StartMethod = Literal["auto", "fork", "forkserver", "spawn"]
 
 # Runtimes whose thread pools or background threads do not survive fork().
 _FORK_UNSAFE_MODULES = ("torch", "tensorflow", "jax", "sklearn", "mlflow", "cv2")
-# Thread-count knobs of BLAS/OpenMP libraries; read when they are imported in the worker.
-_THREAD_VARS = (
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-)
 # A worker gets ~16 chunks over a job: small enough that the last chunks balance out, large
 # enough that the ~0.2 ms of per-chunk IPC stays negligible.
 _CHUNKS_PER_WORKER = 16
@@ -133,14 +126,4 @@ def _modules_of(fn: Callable[..., Any]) -> list[str]:
 def _init_worker() -> None:
     """Make every library in the worker single-threaded: N workers on N cores must not each
     start N threads."""
-    for var in _THREAD_VARS:
-        os.environ[var] = "1"
-    if "torch" in sys.modules:  # forked from a parent that had imported it
-        import torch
-
-        torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-    except ImportError:  # optional: only needed for pools already loaded (fork, preload)
-        return
-    threadpool_limits(1)
+    limit_threads(1)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from medops.errors import PipelineError
+from medops.executor.threads import limit_spark_task_threads
 
 if TYPE_CHECKING:  # pandas loads in the Spark worker (mapInPandas needs it), not on import
     import pandas as pd
@@ -46,6 +47,7 @@ class PartitionTask(Generic[T, R]):
     fn: Callable[[T], R]
 
     def __call__(self, batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        limit_spark_task_threads()
         failed = False
         for batch in batches:
             if failed:  # drain the input: the runner expects every batch read

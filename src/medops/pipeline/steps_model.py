@@ -32,6 +32,7 @@ from medops.train import (
     txv,
 )
 from medops.train import train_model as fit
+from medops.train.distributed import effective_train_config
 from medops.train.entrypoints import origin as entry_origin
 from medops.train.weights import WeightsStore
 from medops.train.weights import resolve as resolve_weights
@@ -84,11 +85,13 @@ def train(ctx: RunContext) -> dict[str, Any]:
     model_cfg = cfg.model if init is None else \
         cfg.model.model_copy(update={"weights": str(init.path)})
     train_data, val_data = _arrays(ctx, "train", profile), _arrays(ctx, "val", profile)
+    # under torchrun, the processes it started (train.processes: 1 stands for "all of them")
+    train_cfg = effective_train_config(cfg.train)
     # Checkpoints are keyed by everything that shapes training, so `medops run` after a crash
     # continues where the killed process stopped, and a finished identical training is reused.
     key = json.dumps([ctx.out("split", "dataset_version"), profile.fingerprint(),
                       spec.to_dict(), cfg.model.model_dump(mode="json"),
-                      cfg.train.model_dump(mode="json"),
+                      train_cfg.model_dump(mode="json"),
                       *([init.sha256] if init is not None else [])], sort_keys=True)
     ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
     # recorded now, not only on success: `medops runs discard` deletes an unfinished one
@@ -97,7 +100,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
     tracker, mlrun = ctx.ws.tracker, ctx.mlflow_run()
     # notify.urls hold webhook tokens and passwords: never an MLflow param.
     params = cfg.model_dump(mode="json", exclude={"storage", "notify", "agent", "triggers"})
-    tracker.log_params(mlrun, {**_flat("", params),
+    tracker.log_params(mlrun, {**_flat("", params), "train.processes": train_cfg.processes,
                                "dataset_version": ctx.out("split", "dataset_version"),
                                "preprocess_profile": profile.to_json(),
                                "n_train": len(train_data.y), "n_val": len(val_data.y),
@@ -119,7 +122,9 @@ def train(ctx: RunContext) -> dict[str, Any]:
                     + (" (best)" if ep.best_so_far else ""))
         ctx.interrupt.check()  # the epoch is checkpointed and logged: a resume continues after it
 
-    result = fit(spec, train_data, val_data, cfg.train, model_cfg, checkpoint_dir=ckpt,
+    if train_cfg.processes > 1:
+        ctx.message(f"training on {train_cfg.processes} processes (data parallel)")
+    result = fit(spec, train_data, val_data, train_cfg, model_cfg, checkpoint_dir=ckpt,
                  on_epoch=on_epoch, progress=False)
     import torch
 
@@ -134,6 +139,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
             "averaged_epochs": result.averaged_epochs,
             "resumed_from_epoch": result.resumed_from_epoch,
             "stopped_early": result.stopped_early, "device": result.device,
+            "processes": result.processes,
             "checkpoint": str(ckpt), "checkpoints_removed": len(pruned),
             "init_weights": init.lineage() if init is not None else None}
 

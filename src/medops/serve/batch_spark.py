@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from medops.errors import ConfigError
+from medops.executor.threads import limit_spark_task_threads
 from medops.serve.batch import BatchOutput, ModelLocation, Predictor
 from medops.serve.batch_files import Files, OutputFormat, is_s3
 from medops.serve.batch_shards import ShardResult, write_shard
@@ -106,6 +107,7 @@ class ShardTask:
     chunk_size: int
 
     def __call__(self, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        limit_spark_task_threads()
         uris = [str(u) for batch in batches for u in batch["uri"]]
         if not uris:
             return

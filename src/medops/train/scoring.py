@@ -85,15 +85,42 @@ def validate(
     ten seeds of two data sets the epochs it picked were no better (docs/benchmarks.md)."""
     if len(y_all) == 0:
         return ValScore(math.nan, math.nan, math.nan)
+    out = val_logits(model, x_all, device=device, memory_format=memory_format,
+                     batch_size=batch_size)
+    return score_logits(out, y_all, device=device, loss_weight=loss_weight, task=task)
+
+
+def val_logits(
+    model: Classifier,
+    x_all: np.ndarray,
+    *,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    batch_size: int,
+) -> torch.Tensor:
+    """``model``'s single-view logits (float32, on ``device``) for images ``x_all``; leaves it
+    in eval mode."""
     model.eval()
     logits = []
     with torch.inference_mode():
-        for i in range(0, len(y_all), batch_size):
+        for i in range(0, len(x_all), batch_size):
             x = torch.from_numpy(x_all[i : i + batch_size]).to(device)
             logits.append(
                 model.single_view_logits(x.contiguous(memory_format=memory_format)).float()
             )
-        out = torch.cat(logits)
+        return torch.cat(logits)
+
+
+def score_logits(
+    out: torch.Tensor,
+    y_all: np.ndarray,
+    *,
+    device: torch.device,
+    loss_weight: torch.Tensor | None,
+    task: TrainTask,
+) -> ValScore:
+    """Loss, AUC and accuracy of logits ``out`` for targets ``y_all``."""
+    with torch.inference_mode():
         y = torch.from_numpy(y_all).to(device)
         loss = float(task.val_loss(out, y, loss_weight).item())
         probs = task.probabilities(out).cpu().numpy()

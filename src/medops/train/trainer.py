@@ -42,7 +42,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from torch import nn
 
 from medops.config.schema import ModelConfig, TrainConfig
 from medops.errors import DataError, TrainingError
+from medops.train import distributed
 from medops.train.architectures import build_model
 from medops.train.augment import BatchAugmenter
 from medops.train.batchnorm import recalibrate_batch_norm
@@ -69,85 +69,12 @@ from medops.train.classifier import Classifier
 from medops.train.device import resolve_device
 from medops.train.ema import WeightEMA
 from medops.train.progress import TrainProgress
+from medops.train.results import ArrayData, EpochResult, KeptEpoch, TrainJob, TrainResult
 from medops.train.scoring import ValScore, seed_everything, validate
 from medops.train.spec import ModelSpec
 from medops.train.task import TrainTask, train_task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ArrayData:
-    """Images (N, C, H, W) float32 and their targets: class indices (N,) int64 (multiclass), or
-    a multi-hot matrix (N, K) float32 of K findings (multilabel; any 2-D ``y``)."""
-
-    x: np.ndarray
-    y: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.x = np.asarray(self.x, dtype=np.float32)
-        y = np.asarray(self.y)
-        if y.ndim == 2:
-            self.y = y.astype(np.float32)
-        else:
-            self.y = y.astype(np.int64).reshape(-1)
-        if self.x.ndim != 4:
-            raise DataError(f"images must have shape (N, C, H, W); got {self.x.shape}")
-        if len(self.x) != len(self.y):
-            raise DataError(f"{len(self.x)} images but {len(self.y)} labels")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass(frozen=True)
-class EpochResult:
-    """What one epoch did. ``epoch`` counts from 1; NaN where a value is undefined."""
-
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_auc: float
-    val_accuracy: float
-    lr: float
-    seconds: float
-    best_so_far: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> EpochResult:
-        return cls(**d)
-
-
-@dataclass
-class _Kept:
-    """The weights of one of the best-scoring epochs (a copy, never changed)."""
-
-    score: float
-    epoch: int
-    state: dict[str, torch.Tensor]
-
-
-@dataclass
-class TrainResult:
-    """The outcome of :func:`train_model`. ``model`` holds the average of the weights of the
-    epochs in ``averaged_epochs`` (the best-scoring ones), on the CPU; ``best_epoch`` and
-    ``best_val_auc`` are those of the single best epoch.
-
-    ``epochs_run`` counts every finished epoch, those before a resume included.
-    """
-
-    model: Classifier
-    best_epoch: int
-    best_val_auc: float
-    history: list[EpochResult]
-    resumed_from_epoch: int | None
-    stopped_early: bool
-    device: str
-    epochs_run: int
-    averaged_epochs: list[int]
 
 
 def train_model(
@@ -166,7 +93,12 @@ def train_model(
     if len(train) < 2:
         raise DataError(f"training needs at least 2 images (got {len(train)})")
     device = resolve_device(cfg.device)
-    with _torch_threads(cfg.num_threads):
+    if distributed.data_parallel(cfg):
+        from medops.train.launcher import train_data_parallel
+
+        job = TrainJob(spec, train, val, cfg, model_cfg, Path(checkpoint_dir))
+        return train_data_parallel(job, device, on_epoch=on_epoch, progress=progress)
+    with torch_threads(cfg.num_threads):
         run = _Run(spec, train, val, cfg, model_cfg, device, Path(checkpoint_dir))
         return run.execute(on_epoch, progress)
 
@@ -184,7 +116,7 @@ def _check_data(spec: ModelSpec, *sets: ArrayData) -> None:
 
 
 @contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
+def torch_threads(n: int | None) -> Iterator[None]:
     """``train.num_threads`` for the duration of the run only (torch's setting is global)."""
     if n is None:
         yield
@@ -214,7 +146,11 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 
 
 class _Run:
-    """The state of one training run; ``execute`` runs (or resumes) it."""
+    """The state of one training run; ``execute`` runs (or resumes) it.
+
+    Data-parallel training (:mod:`medops.train.ddp`) subclasses it: the methods it overrides are
+    the few places where one process of several differs from a lone one (the model it builds,
+    the images it draws, the loss and validation scores it shares, the checkpoint it writes)."""
 
     def __init__(
         self,
@@ -232,14 +168,14 @@ class _Run:
             spec.to_dict(), cfg, model_cfg, (train.x, train.y), (val.x, val.y)
         )
         seed_everything(cfg.seed)
-        weights = Path(model_cfg.weights).expanduser() if model_cfg.weights else None
-        self.model = build_model(spec, pretrained=model_cfg.pretrained, weights=weights)
+        self.model = self._build_model(spec, model_cfg)
         # channels-last is what oneDNN (CPU) and cuDNN convolutions run fastest on
         self.memory_format = (
             torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
         )
         self.model.to(device)
         self.model.to(memory_format=self.memory_format)
+        self.net: nn.Module = self.model  # what the training steps run: a DDP wrapper in DDP
         self.optimizer = make_optimizer(self.model, cfg, device)
         self.steps_per_epoch = self._batches_per_epoch()
         total = cfg.epochs * self.steps_per_epoch
@@ -261,15 +197,23 @@ class _Run:
         self.x_train = torch.from_numpy(train.x)
         self.y_train = torch.from_numpy(train.y)
         self.history: list[EpochResult] = []
-        self.kept: list[_Kept] = []  # the best epochs, best first, at most self.average
+        self.kept: list[KeptEpoch] = []  # the best epochs, best first, at most self.average
         self.average = max(1, min(cfg.average_best, cfg.epochs // 4))
         self.monitor = _monitor_for(val, self.task)
         self._finished = False
         self._stopped_early = False
         self._writer = CheckpointWriter()
 
+    def _build_model(self, spec: ModelSpec, model_cfg: ModelConfig) -> Classifier:
+        weights = Path(model_cfg.weights).expanduser() if model_cfg.weights else None
+        return build_model(spec, pretrained=model_cfg.pretrained, weights=weights)
+
+    def _samples_per_epoch(self) -> int:
+        """The training images this process draws in one epoch."""
+        return len(self.train)
+
     def _batches_per_epoch(self) -> int:
-        n, bs = len(self.train), self.cfg.batch_size
+        n, bs = self._samples_per_epoch(), self.cfg.batch_size
         full, rest = divmod(n, bs)
         return full + (1 if rest >= 2 else 0)  # a batch of one breaks batch norm: it is dropped
 
@@ -323,16 +267,7 @@ class _Run:
         train_loss = self._train_one_epoch(epoch, advance)
         if self.ema is not None:
             self.scored_model.load_state_dict(self.ema.state)
-        score = validate(
-            self.scored_model,
-            self.val.x,
-            self.val.y,
-            device=self.device,
-            memory_format=self.memory_format,
-            batch_size=max(self.cfg.batch_size, 256),
-            loss_weight=self.loss_weight,
-            task=self.task,
-        )
+        score = self._validation_score()
         self._keep(self._monitored(score, epoch), epoch)
         result = EpochResult(
             epoch=epoch,
@@ -347,10 +282,27 @@ class _Run:
         self.history.append(result)
         return result
 
+    def _validation_score(self) -> ValScore:
+        return validate(
+            self.scored_model,
+            self.val.x,
+            self.val.y,
+            device=self.device,
+            memory_format=self.memory_format,
+            batch_size=max(self.cfg.batch_size, 256),
+            loss_weight=self.loss_weight,
+            task=self.task,
+        )
+
+    def _epoch_order(self, epoch: int) -> tuple[torch.Tensor, int]:
+        """The training images of ``epoch`` in the order this process draws them, and the seed
+        of its augmentation and mixup draws."""
+        seed = self.cfg.seed * 1_000_003 + epoch
+        return torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed)), seed
+
     def _train_one_epoch(self, epoch: int, advance: Callable[[float], None]) -> float:
         self.model.train()
-        seed = self.cfg.seed * 1_000_003 + epoch
-        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        order, seed = self._epoch_order(epoch)
         aug_gen = torch.Generator().manual_seed(seed + 7_919)
         mixup = self.cfg.augment.mixup if self.cfg.augment is not None else 0.0
         mix_rng = np.random.default_rng(seed + 104_729)
@@ -368,10 +320,10 @@ class _Run:
                 lam = float(mix_rng.beta(mixup, mixup))
                 partner = torch.from_numpy(mix_rng.permutation(len(idx))).to(self.device)
                 x = torch.lerp(x[partner], x, lam)
-                logits = self.model(x.contiguous(memory_format=self.memory_format))
+                logits = self.net(x.contiguous(memory_format=self.memory_format))
                 loss = self.task.mixup_loss(logits, y, partner, lam, self.loss_weight)
             else:
-                logits = self.model(x.contiguous(memory_format=self.memory_format))
+                logits = self.net(x.contiguous(memory_format=self.memory_format))
                 loss = self.task.loss(logits, y, self.loss_weight)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -382,13 +334,17 @@ class _Run:
             total += loss.detach() * len(idx)  # no .item() here: it would sync a GPU per batch
             seen += len(idx)
             advance(1)
-        train_loss = float(total.item()) / max(1, seen)
+        train_loss = self._mean_loss(total, seen)
         if not math.isfinite(train_loss):
             raise TrainingError(
                 f"the training loss became {train_loss} in epoch {epoch}; "
                 f"fix: lower train.lr (now {self.cfg.lr})"
             )
         return train_loss
+
+    def _mean_loss(self, total: torch.Tensor, seen: int) -> float:
+        """The epoch's training loss per image, from this process's sum over ``seen`` images."""
+        return float(total.item()) / max(1, seen)
 
     def _monitored(self, score: ValScore, epoch: int) -> float:
         """Higher is better."""
@@ -403,7 +359,7 @@ class _Run:
         k = self.average
         if len(self.kept) == k and value <= self.kept[-1].score:
             return
-        self.kept.append(_Kept(value, epoch, snapshot(self._scored())))
+        self.kept.append(KeptEpoch(value, epoch, snapshot(self._scored())))
         self.kept.sort(key=lambda kept: -kept.score)  # stable: an earlier epoch wins a tie
         del self.kept[k:]
 
@@ -460,15 +416,19 @@ class _Run:
     def _resume(self) -> int | None:
         """Restore the checkpoint of this run if there is one; the last epoch it finished."""
         ckpt = load_checkpoint(self.path, self.fingerprint)
-        if ckpt is None:
-            return None
+        return None if ckpt is None else self._restore(ckpt)
+
+    def _restore(self, ckpt: dict[str, Any]) -> int:
+        """Continue from checkpoint ``ckpt``; the last epoch it finished."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.history = [EpochResult.from_dict(h) for h in ckpt["history"]]
-        self.kept = [_Kept(float(k["score"]), int(k["epoch"]), k["state"]) for k in ckpt["kept"]]
+        self.kept = [
+            KeptEpoch(float(k["score"]), int(k["epoch"]), k["state"]) for k in ckpt["kept"]
+        ]
         set_rng_state(ckpt["rng"])
         self._finished = bool(ckpt["finished"])
         self._stopped_early = bool(ckpt["stopped_early"])
