@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -85,6 +86,24 @@ def test_a_pinned_url_is_downloaded_once_then_served_offline(
     # the server is gone: the store answers
     assert store.fetch(f"{url}/net-v1.pt", sha) == path
     assert torch.equal(load_state_dict(path)["0.weight"], torch.load(path)["0.weight"])
+
+
+def test_proxies_are_read_at_each_download(tmp_path: Path, store: WeightsStore,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """urlopen's shared opener keeps the proxy settings of its first use in the process (here
+    a dead proxy, as another library's download under other settings would leave it); the
+    store reads the settings of the moment."""
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)  # restored after the test
+    with monkeypatch.context() as then:
+        for var in ("HTTP_PROXY", "http_proxy"):
+            then.setenv(var, "http://127.0.0.1:9")
+        urllib.request.install_opener(urllib.request.build_opener())
+    blob = _weights_bytes(tmp_path)
+    with serve_in_thread(_Files, {"w.pt": blob}) as url:
+        path = store.fetch(f"{url}/w.pt", hashlib.sha256(blob).hexdigest(), timeout=5)
+    assert path.read_bytes() == blob
 
 
 def test_offline_the_error_says_which_file_to_place_where(

@@ -189,7 +189,10 @@ class WeightsStore:
         digest = hashlib.sha256()
         try:
             request = urllib.request.Request(url, headers={"User-Agent": "medops"})
-            with urllib.request.urlopen(request, timeout=timeout) as answer, tmp.open("wb") as f:
+            # a fresh opener reads the proxy settings now: urlopen's shared one keeps those of
+            # its first use in the process, which may be another library's
+            opener = urllib.request.build_opener()
+            with opener.open(request, timeout=timeout) as answer, tmp.open("wb") as f:
                 for chunk in iter(lambda: answer.read(_CHUNK), b""):
                     digest.update(chunk)
                     f.write(chunk)
