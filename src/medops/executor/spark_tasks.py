@@ -103,10 +103,11 @@ class _TaskTracebackError(Exception):
         return str(self.args[0])
 
 
-def rebuild(blob: bytes | None, text: str) -> BaseException:
-    """The exception a task sent back, with its traceback as the cause; a
-    :class:`TaskFailedError` carrying the text when the exception itself cannot be
-    restored."""
+def rebuild(blob: bytes | None, text: str,
+            unrestorable: Callable[[str], BaseException] | None = None) -> BaseException:
+    """The exception a task sent back, with its traceback as the cause; when the exception
+    itself cannot be restored, ``unrestorable(text)`` (default: a :class:`TaskFailedError`
+    carrying the text)."""
     exc: BaseException | None = None
     if blob is not None:
         try:
@@ -114,6 +115,8 @@ def rebuild(blob: bytes | None, text: str) -> BaseException:
         except Exception:  # an exception class that does not unpickle in the driver
             exc = None
     if exc is None:
+        if unrestorable is not None:
+            return unrestorable(text)
         return TaskFailedError(f"the mapped function raised in a Spark task {text}")
     exc.__cause__ = _TaskTracebackError(f"raised in a Spark task {text}")
     return exc

@@ -191,21 +191,9 @@ def predict_on_spark(executor: SparkExecutor, predictor: Predictor, todo: Sequen
 
 def _rebuild(blob: bytes | None, text: str) -> BaseException:
     from medops.executor.spark import SparkJobError
+    from medops.executor.spark_tasks import rebuild
 
-    exc: BaseException | None = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except Exception:  # an exception class that does not unpickle in the driver
-            exc = None
-    if exc is None:
-        return SparkJobError(f"a batch-predict task failed:\n{text}")
-    exc.__cause__ = _TaskTracebackError(f"raised in a Spark task:\n{text}")
-    return exc
-
-
-class _TaskTracebackError(Exception):
-    """The task's traceback, chained as the cause of the exception raised again here."""
+    return rebuild(blob, text, lambda t: SparkJobError(f"a batch-predict task failed:\n{t}"))
 
 
 def _reason(exc: Exception) -> str:
