@@ -17,8 +17,9 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu torch torchvisi
 WORKDIR /opt/medops/src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# The aws extra reads s3:// models and artifacts (MLflow with an S3 artifact store).
-RUN pip install ".[aws]" && rm -rf /opt/medops/src
+# The aws extra reads s3:// models and artifacts (MLflow with an S3 artifact store); postgres
+# writes the per-minute serving figures to a team's state database.
+RUN pip install ".[aws,postgres]" && rm -rf /opt/medops/src
 
 COPY docker/serve /usr/local/bin/serve
 RUN chmod 0755 /usr/local/bin/serve \

@@ -1,4 +1,5 @@
-# The medops training image: runs the pipeline (`medops run`) on a mounted project.
+# The medops training image: runs the pipeline (`medops run`) or the agent (`medops agent`) on a
+# mounted project.
 #   docker build -f docker/train.Dockerfile -t medops-train .
 #   docker run -v "$PWD:/project" medops-train                      # = medops run -C /project
 #   docker run -v "$PWD:/project" medops-train train --set train.epochs=5
@@ -22,7 +23,7 @@ COPY src ./src
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git \
     && rm -rf /var/lib/apt/lists/* \
-    && pip install ".[aws,postgres,gdcm]" \
+    && pip install ".[aws,postgres,gdcm,agent]" \
     && rm -rf /opt/medops/src
 
 COPY docker/train /usr/local/bin/train

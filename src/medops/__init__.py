@@ -4,6 +4,8 @@ monitored model.
 Subpackages, top (may import those below) to bottom:
 
 - ``cli``        the `medops` command, a thin shell over the API; the demo runner
+- ``server``     the team server: HTTP API and dashboard over the shared state, users and roles
+- ``export``     deployable files from medops.yaml: the AWS stack (a CDK app), CI workflows
 - ``api``        the Python API for notebooks and scripts: open a project, run, read, predict
 - ``project``    the composition root: builds stores, clients and executors from medops.yaml
 - ``agent``      the retraining loop: watches, schedules, policy, runs, notifications

@@ -22,7 +22,8 @@ the offending value and, where there is one, the fix::
     │   ├── PayloadTooLargeError    the request body or an image is over the configured limit
     │   ├── UnsupportedMediaError   a content type the endpoint does not take
     │   ├── NotAcceptableError      an Accept header asking for an answer type not offered
-    │   └── AuthenticationError     a missing or wrong bearer token
+    │   ├── AuthenticationError     a missing or wrong bearer token, session or password
+    │   └── PermissionDeniedError   an authenticated caller whose role does not allow the action
     └── UnavailableError            the server is not ready yet (no model loaded); retry later
 
 The CLI maps these to exit codes in one place (:data:`EXIT_CODES`).
@@ -122,6 +123,10 @@ class NotAcceptableError(RequestError):
 
 class AuthenticationError(RequestError):
     """The request lacks the configured bearer token or carries a wrong one."""
+
+
+class PermissionDeniedError(RequestError):
+    """The caller is known, but their role does not allow the action."""
 
 
 class UnavailableError(MedopsError):

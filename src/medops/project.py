@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 from medops.config import CONFIG_FILE, MedopsConfig, load_config, render_template
 from medops.config.schema import PROJECT_NAME
 from medops.errors import ConfigError
-from medops.storage import EventKind, StateStore, local_path, sqlalchemy_url
+from medops.storage import EventKind, StateStore, sqlalchemy_url
+from medops.storage.artifact_sync import ArtifactSync
+from medops.storage.artifacts import is_remote, working_folder
 
 if TYPE_CHECKING:  # torch and MLflow load only when a command needs them
     from medops.data.ingest import IngestReport, IngestSettings
@@ -69,9 +71,17 @@ class Project:
 
     @cached_property
     def artifacts(self) -> Path:
-        path = local_path(self.root, self.config.storage.artifacts, key="storage.artifacts")
+        """The folder artifacts are read and written in: ``storage.artifacts`` itself, or for
+        an object store root, the local working copy that :attr:`artifact_sync` keeps."""
+        path = working_folder(self.root, self.config.storage.artifacts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @cached_property
+    def artifact_sync(self) -> ArtifactSync:
+        """Carries shared artifacts between :attr:`artifacts` and a remote root (no-ops when
+        the root is local); see :mod:`medops.storage.artifact_sync`."""
+        return ArtifactSync.open(self.root, self.config.storage.artifacts, self.artifacts)
 
     @cached_property
     def state(self) -> StateStore:
@@ -84,7 +94,17 @@ class Project:
         uri = sqlalchemy_url(self.root, self.config.storage.tracking)
         if uri.startswith("sqlite:///"):
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return Tracker(uri, self.config.project, self.artifacts / "mlflow")
+        return Tracker(uri, self.config.project, self._mlflow_artifacts(uri))
+
+    def _mlflow_artifacts(self, tracking: str) -> Path | str | None:
+        """Where a new experiment keeps its runs' artifacts. An MLflow server chooses (with
+        ``--serve-artifacts``, ``mlflow-artifacts:/`` through itself), so every machine reads a
+        model the same way; local tracking with an object store root uses its ``mlflow/``."""
+        if tracking.startswith(("http://", "https://")):
+            return None
+        artifacts = self.config.storage.artifacts
+        return f"{artifacts.rstrip('/')}/mlflow" if is_remote(artifacts) else \
+            self.artifacts / "mlflow"
 
     @cached_property
     def registry(self) -> ModelRegistry:

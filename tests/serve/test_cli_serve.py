@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -60,6 +61,12 @@ def test_serve_command_answers_and_stops_on_sigterm(served_project: Project) -> 
         # uvicorn re-raises the signal once it has shut down cleanly (so does the exit code).
         assert code in (0, -signal.SIGTERM), log
         assert "Application shutdown complete" in log
+        # its shutdown wrote the minute's serving figures (medops.serve.stats)
+        from medops.storage.serving import ServingStats
+
+        series = ServingStats(served_project.state.engine).series(
+            served_project.config.model_name, since=datetime.now(timezone.utc) - timedelta(5))
+        assert sum(w.requests for w in series) >= 1
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

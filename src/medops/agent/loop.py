@@ -13,12 +13,25 @@ Durability, in the order things happen:
 
 SIGTERM/SIGINT: the feeds stop, the running step is interrupted (training keeps its last epoch
 checkpoint), the run is marked interrupted and resumes at the next start.
+
+Several agents, one state (separate folders or machines sharing ``storage.state``): one agent
+acts, the others stand by. The active one holds a **leader lease** in the database (the
+``leases`` row ``agent:PROJECT``: holder and expiry) and renews it every third of
+``agent.lease``; a standby, warm and polling, takes it when it expires (the active agent was
+killed, its machine died) or at once when it is released (a clean stop) or its holder was a
+process of this machine that is gone. A lease rather than row locks on events (``SKIP
+LOCKED``) because the policy is about the whole project, not one event: debounce, cooldown and
+"one run at a time" need one decider, and its in-memory state is rebuilt from the store when
+another takes over. Two safety nets stand under the lease: a run is created in the transaction
+that claims its events *and* checks the lease is still held by this agent (a paused agent that
+lost it cannot start a run), and runs are taken by compare-and-set (a resume happens once). A
+run's liveness is its heartbeat (``pipeline.heartbeat``): the new leader resumes the runs
+whose holders stopped beating. A second agent in the same folder is simply a standby.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -29,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from medops.agent.feeds import FolderWatch, poll_sources
+from medops.agent.leadership import Leadership
 from medops.agent.newdata import NewData, count_new_items
 from medops.agent.notify import Notifier
 from medops.agent.policy import TRIGGER_EVENTS, Decision, Policy, Verdict
@@ -36,9 +50,10 @@ from medops.agent.runs import RunProcess, run_context, warm_up
 from medops.agent.schedule import Schedule, ScheduledJob, slot_key
 from medops.config import SourceKind, Step
 from medops.config.agent import ScheduleTrigger
+from medops.config.redact import config_snapshot
 from medops.config.schema import MedopsConfig
 from medops.data.sources import FolderSource
-from medops.errors import PipelineError
+from medops.errors import PipelineError, StoreError
 from medops.storage import (
     DecisionStatus,
     EventDecision,
@@ -50,10 +65,12 @@ from medops.storage import (
     StepStatus,
     local_path,
 )
+from medops.storage.liveness import STALE_BEATS, Heartbeat, process_owner
 
 if TYPE_CHECKING:  # the pipeline (torch, MLflow) loads in the run processes, not here
     from medops.executor import Executor
     from medops.registry import ModelRegistry, ModelVersionInfo
+    from medops.storage.artifact_sync import ArtifactSync
 
 log = logging.getLogger("medops.agent")
 
@@ -74,6 +91,8 @@ class AgentWorkspace(Protocol):
     def state(self) -> StateStore: ...
     @property
     def artifacts(self) -> Path: ...
+    @property
+    def artifact_sync(self) -> ArtifactSync: ...
     @property
     def registry(self) -> ModelRegistry: ...
     def executor(self) -> Executor: ...
@@ -112,6 +131,12 @@ class Agent:
         self._threads: list[Any] = []
         self._ctx = run_context()
         self.notifier = Notifier(self.config.notify, self.config.project, self.state)
+        self.owner = process_owner()
+        self.leadership = Leadership(self.state.leases, self.config.project, self.owner,
+                                     self.config.agent.lease, self.stopping, self.request_stop)
+        # beats for the runs this process holds: from their creation until their child takes
+        # them (a forkserver still importing can take many seconds)
+        self._heartbeat = Heartbeat(self.state.runs, self.owner, self.config.pipeline.heartbeat)
 
     # -- public ---------------------------------------------------------------------------
     def wake(self) -> None:
@@ -123,8 +148,14 @@ class Agent:
         self._wakeup.set()
 
     def run(self) -> None:
-        """Run in the foreground until SIGTERM/SIGINT (or :meth:`request_stop`)."""
-        with _single_agent(self.ws.artifacts.parent / "agent.lock"), self._signals():
+        """Run in the foreground until SIGTERM/SIGINT (or :meth:`request_stop`); as a standby
+        until this agent holds the project's lease."""
+        with self._signals():
+            warming = threading.Thread(target=self._warm_up, name="warm-up", daemon=True)
+            warming.start()  # a standby is warm when it takes over
+            if not self.leadership.wait():
+                log.info("stopped (standby)")
+                return
             try:
                 self._start()
                 while not self.stopping.is_set():
@@ -133,12 +164,20 @@ class Agent:
                     self._wakeup.clear()
             finally:
                 self._shutdown()
+                self.leadership.release()
+        if self.leadership.lost.is_set():
+            raise PipelineError(f"this agent lost the lease of project {self.config.project!r} "
+                                "(another agent took over) and stopped, so that two agents "
+                                "never act at once; start it again to stand by")
+
+    @property
+    def _stale_after(self) -> float:
+        return self.config.pipeline.heartbeat * STALE_BEATS
 
     # -- start and stop -------------------------------------------------------------------
     def _start(self) -> None:
         t0 = time.monotonic()
-        warming = threading.Thread(target=self._warm_up, name="warm-up", daemon=True)
-        warming.start()
+        self._heartbeat.start()
         self.state.mark_dead_runs_interrupted()
         self.notifier.start()
         self._recover()
@@ -212,6 +251,7 @@ class Agent:
             if not self._child.stop(self.config.agent.stop_timeout):
                 log.warning("run %s did not stop within %.0fs and was killed",
                             self._child.run_id, self.config.agent.stop_timeout)
+        self._heartbeat.stop()
         self.notifier.stop()
         log.info("stopped")
 
@@ -345,9 +385,16 @@ class Agent:
         for event, why in start[1:]:
             assert event.id is not None
             claims[event.id] = (Verdict.COALESCED.value, f"covered by run {run_id} ({why})")
-        created = self.state.claim_events_for_run(
-            run_id, f"{primary.kind}#{primary.id}", self.config.model_dump(mode="json"),
-            [s.value for s in Step], claims)
+        try:
+            created = self.state.claim_events_for_run(
+                run_id, f"{primary.kind}#{primary.id}", config_snapshot(self.config),
+                [s.value for s in Step], claims, lease=self.leadership.key,
+                stale_after=self._stale_after)
+        except StoreError:
+            if self.leadership.held():
+                raise
+            self.leadership.give_up(f"run {run_id} was not started")
+            return
         if not created:  # an earlier attempt created it: pick it up from the store instead
             log.warning("run %s already exists; recovering it", run_id)
             self._pending.clear()
@@ -369,12 +416,13 @@ class Agent:
             self.notifier.submit(event)
 
     def _launch(self, run_id: str, resume: bool) -> None:
-        if resume and not self.state.take_run(run_id, RunStatus.INTERRUPTED):
+        if resume and not self.state.take_run(run_id, RunStatus.INTERRUPTED,
+                                              stale_after=self._stale_after):
             log.warning("run %s is not interrupted any more; leaving it", run_id)
             self._held_elsewhere = run_id
             return
         fresh = self.ws.with_config(self.ws.config)  # no open connections: safe to send
-        self._child = RunProcess(self._ctx, fresh, run_id, self.log_level)
+        self._child = RunProcess(self._ctx, fresh, run_id, self.log_level, self.owner)
         self._child.start()
         log.info("run %s %s", run_id, "resumed" if resume else "started")
 
@@ -457,30 +505,6 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
                              "version": reg.outputs.get("version"),
                              "approval": reg.outputs.get("approval", "pending")}
     return out
-
-
-@contextmanager
-def _single_agent(path: Path) -> Iterator[None]:
-    """One agent per project: an exclusive lock the OS releases even on SIGKILL."""
-    try:
-        import fcntl
-    except ModuleNotFoundError:  # no flock (Windows): nothing to hold
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise PipelineError(f"another agent is running for this project (pid {holder}); "
-                                "stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def request_run(state: Any, reason: str | None = None, by: str | None = None,

@@ -18,6 +18,7 @@ from medops.data.manifest import load_manifest
 from medops.data.validate import validate_items
 from medops.executor import Executor, SerialExecutor
 from medops.storage import ItemStatus, StateStore, StepStatus
+from medops.storage.artifact_sync import ArtifactSync
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class _Source(Protocol):
     def state(self) -> StateStore: ...
     @property
     def artifacts(self) -> Path: ...
+    @property
+    def artifact_sync(self) -> ArtifactSync: ...
     def executor(self) -> Executor: ...
 
 
@@ -65,7 +68,9 @@ def count_new_items(ws: _Source, champion_dataset: str | None) -> NewData:
     if version is None:
         return NewData(len(ok), since)
     try:
-        keys = set(load_manifest(ws.artifacts / "datasets" / version).frame["key"])
+        folder = ws.artifact_sync.ensure_local(ws.artifacts / "datasets" / version,
+                                               immutable=True)
+        keys = set(load_manifest(folder).frame["key"])
     except Exception as exc:  # a deleted manifest: count everything rather than never retrain
         log.warning("cannot read dataset %s (%s); counting every item as new", version,
                     type(exc).__name__)

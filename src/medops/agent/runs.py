@@ -4,7 +4,8 @@ SIGTERM can interrupt a step at once (the trainer checkpoints every epoch; the r
 Children come from a forkserver that has imported the pipeline (torch included) once, so a run
 starts in tens of milliseconds instead of seconds. A child watches its parent: when the agent
 dies, even by SIGKILL, the child kills itself too, leaving its run ``running`` under a dead pid,
-which the next agent marks interrupted and resumes.
+which the next agent (on this machine at once, on another once its heartbeat is stale) marks
+interrupted and resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
+
+from medops.storage.liveness import pid_alive
 
 if TYPE_CHECKING:  # forkserver exists on POSIX only
     from multiprocessing.context import ForkServerContext, SpawnContext
@@ -55,10 +58,12 @@ def _noop() -> None:
 class RunProcess:
     """One run executing in a child process."""
 
-    def __init__(self, ctx: RunContext, workspace: Any, run_id: str, log_level: int) -> None:
+    def __init__(self, ctx: RunContext, workspace: Any, run_id: str, log_level: int,
+                 owner: str) -> None:
+        """``owner``: the agent's owner string (it holds ``run_id`` until the child takes it)."""
         self.run_id = run_id
         self._proc: BaseProcess = ctx.Process(
-            target=execute_run, args=(workspace, run_id, os.getpid(), log_level),
+            target=execute_run, args=(workspace, run_id, os.getpid(), log_level, owner),
             name=f"medops-run-{run_id}", daemon=False)
         self._starter = threading.Thread(target=self._proc.start, name=f"start-{run_id}",
                                          daemon=True)
@@ -93,20 +98,24 @@ class RunProcess:
         return True
 
 
-def execute_run(workspace: Any, run_id: str, agent_pid: int, log_level: int) -> None:
+def execute_run(workspace: Any, run_id: str, agent_pid: int, log_level: int,
+                agent_owner: str) -> None:
     """The child: execute ``run_id`` on a fresh workspace (its own DB connections), if the
-    agent that launched it still holds it."""
+    agent that launched it (``agent_owner``) still holds it."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(name)s: %(message)s")
     _exit_with_agent(agent_pid)
     from medops.errors import MedopsError, StepFailedError
     from medops.pipeline import Interrupt, PipelineRunner
     from medops.storage import RunStatus
+    from medops.storage.liveness import STALE_BEATS
 
     interrupt = Interrupt()
     interrupt.install()  # never restored: a stopping run's process exits
     # Compare-and-set: a child whose agent died before it started (its forkserver was still
     # importing) finds the run taken by the next agent, and leaves it alone.
-    if not workspace.state.take_run(run_id, RunStatus.RUNNING, agent_pid):
+    stale_after = workspace.config.pipeline.heartbeat * STALE_BEATS
+    if not workspace.state.take_run(run_id, RunStatus.RUNNING, owner=agent_owner,
+                                    stale_after=stale_after):
         log.warning("run %s is no longer held by agent %d; not starting it", run_id, agent_pid)
         sys.exit(EXIT_NOT_OURS)
     try:
@@ -128,7 +137,7 @@ def _exit_with_agent(agent_pid: int) -> None:
     parent = os.getppid()
 
     def gone() -> bool:
-        return os.getppid() != parent or not _alive(agent_pid)
+        return os.getppid() != parent or not pid_alive(agent_pid)
 
     if gone():
         os.kill(os.getpid(), signal.SIGKILL)
@@ -140,20 +149,6 @@ def _exit_with_agent(agent_pid: int) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="agent-watch", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed agent not yet reaped by its parent is a zombie: gone all the same
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except OSError:
-        return True
 
 
 class _LogReporter:

@@ -6,7 +6,7 @@ import getpass
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -95,7 +95,7 @@ def events_ls(project: Path | None = ProjectOpt,
 
     events = load_project(project).state.event_log(kind, limit)
     if json_out:
-        print_json([event_to_dict(e) for e in events])
+        print_json([e.to_dict() for e in events])
         return
     table = Table(title="Events")
     for col in ("id", "at", "kind", "status", "decision", "reason", "run"):
@@ -107,15 +107,6 @@ def events_ls(project: Path | None = ProjectOpt,
                       d.reason if d else "-", (d.run_id or "-") if d else "-")
     console.print(table)
 
-
-def event_to_dict(e: Any) -> dict[str, Any]:
-    d = e.decision
-    return {"id": e.id, "kind": e.kind, "created_at": e.created_at.isoformat(),
-            "idempotency_key": e.idempotency_key, "payload": e.payload,
-            "status": d.status.value if d else "new",
-            "decision": d.decision if d else None, "reason": d.reason if d else None,
-            "run_id": d.run_id if d else None, "notified": d.notified if d else False,
-            "decided_at": d.updated_at.isoformat() if d else None}
 
 
 def _user() -> str | None:

@@ -19,6 +19,7 @@ from medops.cli.common import (
 )
 from medops.cli.common import load_project as _project
 from medops.cli.data import data_app
+from medops.cli.export import export_app, init_ci
 from medops.cli.models import models_app
 from medops.cli.monitor import monitor
 from medops.cli.predict import batch_predict, predict
@@ -32,6 +33,7 @@ from medops.cli.render import (
     run_to_dict,
 )
 from medops.cli.serve import feedback_app, serve
+from medops.cli.server import server_app
 from medops.config import Step
 
 app = typer.Typer(help="MLOps for medical image classifiers.", no_args_is_help=True,
@@ -66,22 +68,29 @@ app.command("monitor")(monitor)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(agent_app, name="agent")
 app.add_typer(events_app, name="events")
+app.add_typer(server_app, name="server")
+app.add_typer(export_app, name="export")
 
 
 @app.command()
 @handle_errors
 def init(directory: Path = typer.Argument(Path(), help="Project folder."),
          name: str | None = typer.Option(None, help="Project name (default: folder name)."),
-         force: bool = typer.Option(False, help="Overwrite an existing medops.yaml.")) -> None:
+         force: bool = typer.Option(False, help="Overwrite an existing medops.yaml."),
+         ci: str | None = typer.Option(None, "--ci", help="Add CI/CD: github (a GitHub Actions "
+                                       "workflow); an existing medops.yaml is kept.")) -> None:
     """Scaffold a project: a commented medops.yaml and data/raw/.
 
-    Example: medops init chest-xray
+    Example: medops init chest-xray · medops init --ci github (in a project)
     """
     from medops.project import Project
 
-    path = Project.init(directory, name, force)
-    console.print(f"created {path}\nnext: put images in {directory / 'data' / 'raw'}/<label>/ "
-                  "(or `medops data import FILE.npz`), then `medops run`")
+    if ci is None or not (directory / "medops.yaml").is_file():
+        path = Project.init(directory, name, force)
+        console.print(f"created {path}\nnext: put images in {directory / 'data' / 'raw'}/"
+                      "<label>/ (or `medops data import FILE.npz`), then `medops run`")
+    if ci is not None:
+        init_ci(directory, ci, force)
 
 
 @app.command()
@@ -215,6 +224,8 @@ def main() -> None:
     # MLflow announces its schema migrations at INFO and resets its logger's level when it is
     # imported, so the level is set through the variable MLflow reads; users may override it.
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow's download progress bars are noise in the logs of agents, servers and runs
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
             # a rank of a torchrun launch: rank 0 runs the command, the others train with it

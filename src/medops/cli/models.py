@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -13,12 +13,14 @@ from medops.cli.render import console, print_json
 
 if TYPE_CHECKING:
     from medops.registry import ModelLifecycle
+    from medops.server.client import ServerClient
     from medops.storage import DeploymentRecord
 
 models_app = typer.Typer(help="Registered model versions and their sign-off.",
                          no_args_is_help=True)
 
-ByOpt = typer.Option(..., "--by", help="Who signs off (recorded in the audit log).")
+ByOpt = typer.Option(None, "--by", help="Who signs off (recorded in the audit log); not with "
+                                          "server.url: the server records who is logged in.")
 NoteOpt = typer.Option(..., "--note", help="Why (recorded in the audit log).")
 
 
@@ -26,6 +28,29 @@ def _lifecycle(project: Path | None, name: str | None) -> ModelLifecycle:
     from medops.api import Session
 
     return Session(load_project(project)).lifecycle(name)
+
+
+def _remote(project: Path | None, by: str | None) -> ServerClient | None:
+    """The team server's client when medops.yaml sets server.url; None: act locally."""
+    proj = load_project(project)
+    if proj.config.server.url is None:
+        return None
+    from medops.errors import ConfigError
+    from medops.server.client import ServerClient
+
+    if by is not None:
+        raise ConfigError(f"--by {by!r}: server.url is set, so the sign-off goes to "
+                          f"{proj.config.server.url}, which records the logged-in user (or "
+                          "token) as who signed off; leave out --by")
+    return ServerClient.from_config(proj.config.server, proj.root)
+
+
+def _deployed_remote(d: dict[str, Any], json_out: bool, verb: str) -> None:
+    if json_out:
+        print_json(d)
+    else:
+        console.print(f"{d['model']} v{d['version']} {verb}: live as champion since "
+                      f"{d['live_from']} ({d['action']} by {d['actor']})", highlight=False)
 
 
 def _when(dt: datetime | None) -> str:
@@ -74,26 +99,42 @@ def models_ls(name: str | None = typer.Argument(None, help="Model (default: the 
 @handle_errors
 def models_approve(name: str = typer.Argument(..., help="Registered model name."),
                    version: str = typer.Argument(..., help="Version to make live."),
-                   by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
-                   json_out: bool = JsonOpt) -> None:
+                   by: str | None = ByOpt, note: str = NoteOpt,
+                   project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Approve a version: it becomes the live champion; who, when and why are recorded.
+
+    With server.url in medops.yaml it is a request to the team server, which records who is
+    logged in; --by is then left out.
 
     Example: medops models approve chest-xray-classifier 3 --by "Dr. Lee" --note "reviewed"
     """
-    _deployed(_lifecycle(project, name).approve(version, by, note), json_out, "approved")
+    remote = _remote(project, by)
+    if remote is not None:
+        _deployed_remote(remote.approve(name, version, note), json_out, "approved")
+        return
+    _deployed(_lifecycle(project, name).approve(version, by or "", note), json_out, "approved")
 
 
 @models_app.command("reject")
 @handle_errors
 def models_reject(name: str = typer.Argument(..., help="Registered model name."),
                   version: str = typer.Argument(..., help="Version to reject."),
-                  by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
-                  json_out: bool = JsonOpt) -> None:
+                  by: str | None = ByOpt, note: str = NoteOpt,
+                  project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Reject a version (never the live champion: roll back first).
 
     Example: medops models reject chest-xray-classifier 4 --by "Dr. Lee" --note "fails on AP"
     """
-    info = _lifecycle(project, name).reject(version, by, note)
+    remote = _remote(project, by)
+    if remote is not None:
+        found = remote.reject(name, version, note)
+        if json_out:
+            print_json(found)
+        else:
+            console.print(f"{found['name']} v{found['version']} rejected by "
+                          f"{found['rejected_by']}", highlight=False)
+        return
+    info = _lifecycle(project, name).reject(version, by or "", note)
     if json_out:
         print_json(info.to_dict())
     else:
@@ -106,13 +147,18 @@ def models_reject(name: str = typer.Argument(..., help="Registered model name.")
 def models_rollback(name: str = typer.Argument(..., help="Registered model name."),
                     to: str | None = typer.Option(
                         None, "--to", help="Version (default: the one live before)."),
-                    by: str = ByOpt, note: str = NoteOpt, project: Path | None = ProjectOpt,
-                    json_out: bool = JsonOpt) -> None:
+                    by: str | None = ByOpt, note: str = NoteOpt,
+                    project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Make an earlier live version the champion again.
 
     Example: medops models rollback chest-xray-classifier --by "Dr. Lee" --note "drift on v4"
     """
-    _deployed(_lifecycle(project, name).rollback(by, note, to), json_out, "rolled back to")
+    remote = _remote(project, by)
+    if remote is not None:
+        _deployed_remote(remote.rollback(name, note, to), json_out, "rolled back to")
+        return
+    _deployed(_lifecycle(project, name).rollback(by or "", note, to), json_out,
+              "rolled back to")
 
 
 @models_app.command("history")
@@ -120,15 +166,22 @@ def models_rollback(name: str = typer.Argument(..., help="Registered model name.
 def models_history(name: str = typer.Argument(..., help="Registered model name."),
                    at: str | None = typer.Option(
                        None, "--at", help="ISO 8601 time (naive = UTC): what was live then."),
+                   verify: bool = typer.Option(
+                       False, "--verify", help="Only check the audit log's hash chain; exit 9 "
+                                               "naming the first row changed or deleted."),
                    project: Path | None = ProjectOpt, json_out: bool = JsonOpt) -> None:
     """Which version was live when, who made it live and why.
 
     Example: medops models history chest-xray-classifier --at 2026-01-31T12:00:00Z --json
+    Example: medops models history chest-xray-classifier --verify
     """
     from rich.table import Table
 
     from medops.registry.lifecycle import deployment_to_dict, parse_time
 
+    if verify:
+        _verify_audit_chain(project, json_out)
+        return
     lifecycle = _lifecycle(project, name)
     if at is not None:
         when = parse_time(at)
@@ -153,6 +206,22 @@ def models_history(name: str = typer.Argument(..., help="Registered model name."
         table.add_row(d.version, _when(d.live_from), _when(d.live_until) if d.live_until
                       else "[green]live[/green]", d.action, d.actor, d.note)
     console.print(table)
+
+
+def _verify_audit_chain(project: Path | None, json_out: bool) -> None:
+    """Walk the audit log's hash chain (the whole log: every model's sign-offs are links)."""
+    from medops.errors import StoreError
+
+    check = load_project(project).state.audit_trail.verify()
+    if json_out:
+        print_json(check.to_dict())
+    if not check.intact:
+        where = f"row {check.broken_id}" if check.broken_id is not None else "its end"
+        raise StoreError(f"audit chain broken at {where}: {check.problem}; the audit log was "
+                         "changed outside medops: restore it from a backup and find out who "
+                         "had write access to the state database")
+    if not json_out:
+        console.print(f"audit chain intact ({check.rows} rows)", highlight=False)
 
 
 @models_app.command("fetch")

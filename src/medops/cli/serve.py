@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from medops.cli.common import JsonOpt, ProjectOpt, handle_errors, load_project
-from medops.cli.render import console, print_json
-from medops.errors import ConfigError
+from medops.cli.render import console, err_console, print_json
+from medops.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from medops.storage.serving import ServingStats
 
 feedback_app = typer.Typer(help="Ground-truth labels for served predictions.",
                            no_args_is_help=True)
@@ -49,8 +54,8 @@ def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (fo
             raise ConfigError(f"serve.token_env names {cfg.token_env!r} but that environment "
                               f"variable is empty or unset; export {cfg.token_env}=<token>, or "
                               "remove serve.token_env to serve without authentication")
-    app = create_app(registry, cfg, ref=ref, capture=CaptureStore.under(proj.artifacts),
-                     token=token)
+    app = create_app(registry, cfg, ref=ref, capture=CaptureStore.under(proj.artifact_sync),
+                     token=token, stats=_serving_stats(proj))
     bind_host, bind_port = host or cfg.host, cfg.port if port is None else port
     workers = forward_workers(cfg.workers)
     threads = share_cores(workers)
@@ -58,6 +63,19 @@ def serve(model: str | None = typer.Option(None, "--model", help="NAME@ALIAS (fo
                   f"{workers} forward worker(s) x {threads} torch thread(s)"
                   + (", bearer token required" if token else ""), highlight=False)
     run_server(app, bind_host, bind_port, access_log=access_log)
+
+
+def _serving_stats(proj: Any) -> ServingStats | None:
+    """The store of the per-minute figures the dashboard shows; serving goes on without it
+    when the state database cannot be opened (predictions matter more than their figures)."""
+    from medops.storage.serving import ServingStats
+
+    try:
+        return ServingStats(proj.state.engine)
+    except StoreError as exc:
+        err_console.print(f"[yellow]warning:[/yellow] serving figures are not recorded: "
+                          f"{escape(str(exc))}", highlight=False)
+        return None
 
 
 @feedback_app.command("import")
@@ -74,7 +92,7 @@ def feedback_import(csv_file: Path = typer.Argument(..., help="CSV with columns 
     from medops.monitor import CaptureStore
 
     proj = load_project(project)
-    count = CaptureStore.under(proj.artifacts).import_feedback_csv(csv_file)
+    count = CaptureStore.under(proj.artifact_sync).import_feedback_csv(csv_file)
     if json_out:
         print_json({"imported": count, "file": str(csv_file)})
     else:

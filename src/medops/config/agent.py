@@ -147,6 +147,9 @@ class AgentConfig(_Strict):
     watch_quiet: Duration = 0.2  # import once the folder has been quiet this long
     source_poll: Duration = 60.0  # how often network sources (data.sources) are polled
     stop_timeout: Duration = 15.0  # on SIGTERM, time the current step gets to checkpoint
+    # Agents of one project sharing a state database: one acts, the others stand by and take
+    # over this long after it stopped renewing its lease (killed, machine gone)
+    lease: Annotated[float, BeforeValidator(parse_duration), Field(gt=0.0)] = 15.0
 
 
 class NotifyConfig(_Strict):

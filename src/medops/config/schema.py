@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from medops.config.agent import AgentConfig, NotifyConfig, Triggers, default_triggers
+from medops.config.card import ModelCardConfig
 from medops.config.enums import (
     Approval,
     Architecture,
@@ -32,8 +33,9 @@ from medops.config.enums import (
 from medops.config.ingest import DeidConfig, SelectConfig
 from medops.config.models import check_architecture, check_sha256, is_url
 from medops.config.monitor import MonitorConfig
+from medops.config.server import ServerConfig
 from medops.config.sources import RemoteSourceConfig
-from medops.config.uris import check_state_uri, check_tracking_uri
+from medops.config.uris import check_artifacts_uri, check_state_uri, check_tracking_uri
 
 
 class _Strict(BaseModel):
@@ -228,14 +230,17 @@ class GateConfig(_Strict):
 class RegistryConfig(_Strict):
     name: str | None = None  # registered model name; defaults to "<project>-classifier"
     approval: Approval = Approval.MANUAL
+    card: ModelCardConfig = ModelCardConfig()  # what people say in the model card
 
 
 class StorageConfig(_Strict):
-    """Every location is a URI; relative paths resolve against the project folder."""
+    """Every location is a URI; relative paths resolve against the project folder. None holds a
+    password: each client reads its own from the environment (docs/storage.md)."""
 
     state: Annotated[str, AfterValidator(check_state_uri)] = "sqlite:///.medops/medops.db"
     tracking: Annotated[str, AfterValidator(check_tracking_uri)] = "sqlite:///.medops/mlflow.db"
-    artifacts: str = ".medops/artifacts"
+    # a path, or s3://bucket/prefix (then .medops/artifacts-cache is the local working copy)
+    artifacts: Annotated[str, AfterValidator(check_artifacts_uri)] = ".medops/artifacts"
 
 
 class ExecutorConfig(_Strict):
@@ -266,6 +271,9 @@ class RetryConfig(_Strict):
 
 class PipelineConfig(_Strict):
     retries: RetryConfig = RetryConfig()
+    # seconds between a running run's heartbeats in the state store; after 3 missed beats any
+    # agent or `medops runs ls`, on any machine, takes the run for dead (interrupted)
+    heartbeat: float = Field(5.0, gt=0.0)
 
 
 class ServeConfig(_Strict):
@@ -305,6 +313,7 @@ class MedopsConfig(_Strict):
     notify: NotifyConfig = NotifyConfig()
     serve: ServeConfig = ServeConfig()
     monitor: MonitorConfig = MonitorConfig()  # see config/monitor.py
+    server: ServerConfig = ServerConfig()  # the team server; see config/server.py
 
     @property
     def model_name(self) -> str:

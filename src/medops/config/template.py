@@ -83,10 +83,10 @@ registry:
   name: null              # registered model name; default <project>-classifier
   approval: manual        # manual sign-off, or auto
 
-storage:                  # URIs; relative paths resolve against this folder
+storage:                  # URIs; relative paths resolve against this folder; no passwords
   state: sqlite:///.medops/medops.db       # or postgresql+psycopg://user@host/db
-  tracking: sqlite:///.medops/mlflow.db    # MLflow tracking + registry
-  artifacts: .medops/artifacts
+  tracking: sqlite:///.medops/mlflow.db    # MLflow tracking + registry, or http(s)://server
+  artifacts: .medops/artifacts             # or s3://bucket/prefix (docs/storage.md)
 
 executor: {{kind: local, workers: null}}    # process pool; null = one worker per core
 

@@ -5,14 +5,18 @@ Parquet files under one folder (``<artifacts>/capture`` by default), partitioned
     requests/date=YYYY-MM-DD/part-<time>-<id>.parquet   one row per predicted image
     feedback/date=YYYY-MM-DD/part-<time>-<id>.parquet   ground truth that arrived later
 
-Files are only ever added (a writer never rewrites one), so readers need no lock. Rows hold no
-PHI: a random request id, the time, the model, the prediction, intensity statistics and the
-embedding -- never a file name, a patient, study or series identifier, or a DICOM UID.
+Files are only ever added (a writer never rewrites one), so readers need no lock. With an object
+store artifact root (``s3://...``) each file is uploaded as soon as it is written, and a reader
+first fetches the files of its window that other machines wrote. Rows hold no PHI: a random
+request id, the time, the model, the prediction, intensity statistics and the embedding --
+never a file name, a patient, study or series identifier, or a DICOM UID.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,12 +29,17 @@ import pandas as pd
 
 from medops.config.enums import Task
 from medops.data.labels import label_task
-from medops.errors import DataError, LabelError, StoreError
+from medops.errors import DataError, LabelError, MedopsError, StoreError
+from medops.storage.artifact_sync import ArtifactSync
+
+log = logging.getLogger(__name__)
 
 CAPTURE_DIR = "capture"
 #: The statistics kept per image, for the preprocessed input (``pre_*``) and raw pixels (``raw_*``).
 STAT_NAMES = ("mean", "std", "min", "max", "p01", "p05", "p50", "p95", "p99")
 _PERCENTILES = (1, 5, 50, 95, 99)
+# A window up to this many days fetches its day partitions one by one; a longer one, the lot.
+_DAYS_LISTED = 31
 # Percentiles of a large raw image come from a strided sample of about this many pixels:
 # exact enough for drift statistics, and a 2k x 2k radiograph costs ~1 ms instead of ~40 ms.
 _SAMPLE_PIXELS = 65_536
@@ -127,12 +136,20 @@ def _feedback_schema() -> Any:
 class CaptureStore:
     """Append captured predictions and feedback; read a time window joined with feedback."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, sync: ArtifactSync | None = None) -> None:
+        """``sync``: the project's artifacts, when ``folder`` is under a shared root."""
         self.folder = Path(folder)
+        self._sync = sync if sync is not None and sync.remote else None
+        self._unsent: list[Path] = []  # written, not uploaded yet (the store was unreachable)
+        self._swept: set[str] = set()
+        self._lock = threading.Lock()
 
     @classmethod
-    def under(cls, artifacts: Path) -> CaptureStore:
-        """The project's store: ``<artifacts>/capture``."""
+    def under(cls, artifacts: Path | ArtifactSync) -> CaptureStore:
+        """The project's store: ``<artifacts>/capture``; pass the project's
+        :class:`ArtifactSync` to share it through a remote artifact root."""
+        if isinstance(artifacts, ArtifactSync):
+            return cls(artifacts.local / CAPTURE_DIR, artifacts)
         return cls(Path(artifacts) / CAPTURE_DIR)
 
     # -- writing ------------------------------------------------------------------------------
@@ -202,6 +219,7 @@ class CaptureStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._fetch("requests", None, None)
         columns = ["request_id", "image", "classes", "task"]
         tables = [pq.read_table(p, columns=columns, schema=_record_schema())
                   for _, p in self._files("requests")]
@@ -221,6 +239,7 @@ class CaptureStore:
             if t.tzinfo is None:
                 raise ValueError("capture times must be timezone-aware")
             by_day.setdefault(t.astimezone(timezone.utc).date(), []).append(row)
+        written: list[Path] = []
         for day, day_rows in by_day.items():
             folder = self.folder / kind / f"date={day.isoformat()}"
             stamp = datetime.now(timezone.utc).strftime("%H%M%S%f")
@@ -233,6 +252,30 @@ class CaptureStore:
                 tmp.replace(final)  # readers never see a half-written file
             except OSError as exc:
                 raise StoreError(f"cannot write the capture store at {folder}: {exc}") from exc
+            written.append(final)
+        self._share(kind, written)
+
+    def _share(self, kind: str, written: list[Path]) -> None:
+        """Upload the new files, and those an earlier attempt could not: a monitor on another
+        machine reads them. A failure leaves them here for the next write (the rows are on
+        disk: writing them again would count them twice)."""
+        if self._sync is None:
+            return
+        with self._lock:
+            if kind not in self._swept:  # what an earlier process left behind
+                self._sync.publish(self.folder / kind, strict=False)
+                self._swept.add(kind)
+            unsent, error = [], None
+            for path in [*self._unsent, *written]:
+                try:
+                    self._sync.publish(path)
+                except MedopsError as exc:
+                    unsent.append(path)
+                    error = exc
+            self._unsent = unsent
+        if unsent:
+            log.warning("%d capture file(s) not uploaded yet, kept in %s for the next write: %s",
+                        len(unsent), self.folder, error)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -259,6 +302,7 @@ class CaptureStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self._fetch(kind, start, end)
         files = [p for day, p in self._files(kind) if _day_in(day, start, end)]
         tables = [pq.read_table(p, schema=schema) for p in files]
         table = pa.concat_tables(tables) if tables else schema.empty_table()
@@ -268,6 +312,20 @@ class CaptureStore:
         if end is not None:
             frame = frame[frame["time"] < pd.Timestamp(_utc(end))]
         return frame.reset_index(drop=True)
+
+    def _fetch(self, kind: str, start: datetime | None, end: datetime | None) -> None:
+        """Bring the files of the window that other machines wrote (a shared root only): the
+        partitions of each day in it, or the whole kind when the window is open or long."""
+        if self._sync is None:
+            return
+        base = self.folder / kind
+        if start is None or end is None or end - start > timedelta(days=_DAYS_LISTED):
+            self._sync.ensure_local(base)
+            return
+        day, last = _utc(start).date(), _utc(end).date()
+        while day <= last:
+            self._sync.ensure_local(base / f"date={day.isoformat()}")
+            day += timedelta(days=1)
 
     def _files(self, kind: str) -> Iterable[tuple[date, Path]]:
         base = self.folder / kind

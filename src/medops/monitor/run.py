@@ -32,6 +32,7 @@ from medops.monitor.drift import DriftReport, compare
 from medops.monitor.features import extract, informative
 from medops.monitor.quality import LIVE_METRICS, QualityReport, assess
 from medops.storage import EventKind, StateStore, drift_series_key
+from medops.storage.artifact_sync import ArtifactSync
 from medops.storage.monitoring import MonitorRecord, MonitorResults
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class MonitorWorkspace(Protocol):
     def state(self) -> StateStore: ...
     @property
     def artifacts(self) -> Path: ...
+    @property
+    def artifact_sync(self) -> ArtifactSync: ...
     @property
     def registry(self) -> ModelRegistry: ...
     @property
@@ -119,7 +122,7 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
         version = champion.version
     info = ws.registry.get(version)  # NotFoundError for an unknown version
 
-    frame = CaptureStore.under(ws.artifacts).read(start, end)
+    frame = CaptureStore.under(ws.artifact_sync).read(start, end)
     frame = frame[(frame["model_name"] == name) & (frame["model_version"] == version)]
     frame = frame.reset_index(drop=True)
     results = MonitorResults(ws.state.engine)
@@ -173,7 +176,9 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
     stamp = end.strftime("%Y%m%dT%H%M%SZ")
     out.report = html_report.write(
         ws.artifacts / "monitor" / name / f"v{version}" / f"report-{stamp}.html", document)
-    now_record.report = str(out.report)
+    ws.artifact_sync.publish(out.report, strict=False)
+    # s3://... with a shared root: the dashboard fetches it with ArtifactSync.fetch_report
+    now_record.report = ws.artifact_sync.location(out.report)
     out.result_id = results.record(now_record)
     _log_to_mlflow(ws, info.run_id, out, stamp)
     if reasons:

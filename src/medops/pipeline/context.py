@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from medops.config.schema import MedopsConfig
 from medops.pipeline.interrupt import Interrupt
 from medops.storage import StateStore
+from medops.storage.artifact_sync import ArtifactSync
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class Workspace(Protocol):
     def state(self) -> StateStore: ...
     @property
     def artifacts(self) -> Path: ...
+    @property
+    def artifact_sync(self) -> ArtifactSync: ...
     @property
     def tracker(self) -> Tracker: ...
     @property
@@ -116,8 +119,9 @@ def mark_mlflow_run(ws: Workspace, run_id: str,
 
 
 def reap_dead_runs(ws: Workspace) -> list[str]:
-    """Runs marked running whose process on this host is gone (kill -9, a crash, a reboot)
-    become ``interrupted``, and their MLflow runs killed: no handler of theirs could do it."""
+    """Runs marked running whose holder is dead (its heartbeat stopped, on any machine, or its
+    process on this one is gone: kill -9, a crash, a reboot) become ``interrupted``, and their
+    MLflow runs killed: no handler of theirs could do it."""
     dead = ws.state.mark_dead_runs_interrupted()
     for run_id in dead:
         mark_mlflow_run(ws, run_id, "KILLED")

@@ -55,6 +55,8 @@ def discard_run(ws: Workspace, run_id: str, by: str) -> Discarded:
         removed = False
         if checkpoint is not None and kept_because is None:
             removed = discard_checkpoint(checkpoint)
+            if removed:  # and its copy in a shared artifact root, if there is one
+                ws.artifact_sync.discard(checkpoint, strict=False)
             if not removed and checkpoint.is_dir():
                 kept_because = "it holds a finished training, which an unchanged re-run reuses"
     except BaseException:

@@ -11,6 +11,7 @@ from typing import Any
 
 from medops.config import parse_config
 from medops.config.enums import Step
+from medops.config.redact import config_snapshot
 from medops.errors import ConfigError, DataError, PipelineError, StepFailedError
 from medops.pipeline.context import (
     Reporter,
@@ -24,6 +25,7 @@ from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
 from medops.pipeline.steps_model import evaluate, gate, register, train
 from medops.storage import RunRecord, RunStatus, StepStatus
+from medops.storage.liveness import STALE_BEATS, Heartbeat, process_owner
 from medops.train.entrypoints import check_architecture_exists
 
 StepFn = Callable[[RunContext], dict[str, Any]]
@@ -41,8 +43,13 @@ STEPS: dict[Step, StepFn] = {
 
 # Errors that retrying cannot fix: bad data or configuration fail the step at once.
 _NOT_RETRIED = (DataError, ConfigError)
-# Sections a resumed run takes from the current medops.yaml rather than from its snapshot.
-_ENVIRONMENT = ("storage", "executor", "pipeline")
+# Sections a resumed run takes from the current medops.yaml rather than from its snapshot
+# (which holds notification URLs masked: they are credentials).
+_ENVIRONMENT = ("storage", "executor", "pipeline", "notify")
+
+
+def _stale_after(ws: Workspace) -> float:
+    return ws.config.pipeline.heartbeat * STALE_BEATS
 
 
 def new_run_id() -> str:
@@ -66,8 +73,8 @@ class PipelineRunner:
         check_architecture_exists(self.ws.config.model.architecture, self.ws.root)
         reap_dead_runs(self.ws)
         run_id = new_run_id()
-        self.ws.state.create_run(run_id, trigger, self.ws.config.model_dump(mode="json"),
-                                 [s.value for s in Step])
+        self.ws.state.create_run(run_id, trigger, config_snapshot(self.ws.config),
+                                 [s.value for s in Step], _stale_after(self.ws))
         return self._execute(self.ws, run_id, until)
 
     def start(self, run_id: str, until: Step | None = None) -> RunRecord:
@@ -99,7 +106,7 @@ class PipelineRunner:
         current = self.ws.config.model_dump(mode="json")
         snapshot = parse_config({**record.config, **{k: current[k] for k in _ENVIRONMENT}},
                                 origin=f"the configuration of run {record.id}")
-        self.ws.state.claim_run(record.id)
+        self.ws.state.claim_run(record.id, _stale_after(self.ws))
         ws = self.ws if snapshot == self.ws.config else self.ws.with_config(snapshot)
         return self._execute(ws, record.id, until)
 
@@ -111,25 +118,37 @@ class PipelineRunner:
         done = {s.name: s for s in record.steps if s.status is StepStatus.SUCCEEDED}
         if record.mlflow_run_id:  # a resume: MLflow shows the run as ended until now
             mark_mlflow_run(ws, run_id, "RUNNING")
+        # Liveness for every process and machine sharing the state: a run whose beats stop is
+        # taken for dead. One this process lost (judged dead, taken over) stops at once.
+        owner = process_owner()
+        beat = Heartbeat(ws.state.runs, owner, ws.config.pipeline.heartbeat, run_id,
+                         on_lost=lambda _: self.interrupt.request())
+        beat.start()
         try:
+            if done:  # a resume, maybe on another machine: its finished steps' files
+                ws.artifact_sync.ensure_local(ctx.run_dir)
             for step in Step:
                 self.interrupt.check()
                 if step.value in done:
                     ctx.outputs[step.value] = done[step.value].outputs
                 else:
+                    ws.artifact_sync.publish(ctx.run_dir, strict=False)  # earlier steps' files
                     ctx.outputs[step.value] = self._run_step(ctx, step)
                 if step is until:
                     break
         except StepFailedError as exc:
-            ws.state.finish_run(run_id, RunStatus.FAILED, str(exc))
+            beat.stop()
+            ws.state.finish_run(run_id, RunStatus.FAILED, str(exc), owner=owner)
             mark_mlflow_run(ws, run_id, "FAILED")
             raise
         except BaseException:
             # Ctrl-C or a crash outside a step: leave the run resumable.
-            ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted")
+            beat.stop()
+            ws.state.finish_run(run_id, RunStatus.INTERRUPTED, "interrupted", owner=owner)
             mark_mlflow_run(ws, run_id, "KILLED")
             raise
-        ws.state.finish_run(run_id, RunStatus.SUCCEEDED)
+        beat.stop()
+        ws.state.finish_run(run_id, RunStatus.SUCCEEDED, owner=owner)
         if until is not None:  # it may have stopped before register, which ends the MLflow run
             mark_mlflow_run(ws, run_id, "FINISHED")
         return ws.state.get_run(run_id)

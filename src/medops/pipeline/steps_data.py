@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -106,6 +107,7 @@ def split(ctx: RunContext) -> dict[str, Any]:
                             "data.split fractions")
     folder = ctx.ws.artifacts / "datasets" / manifest.version
     save_manifest(manifest, folder)
+    ctx.ws.artifact_sync.publish(folder)  # a resume or a run elsewhere reads the same split
     missing = manifest.missing_findings()
     for name, findings in missing.items():
         ctx.message(f"the {name} split has no positive image of {', '.join(findings)}: too few "
@@ -128,8 +130,15 @@ def _infos(items: list[Item]) -> list[ImageInfo]:
             for i in items]
 
 
+def dataset_folder(ctx: RunContext) -> Path:
+    """The run's manifest folder, fetched from a remote artifact root if this machine lacks it
+    (a run resumed elsewhere); a version's manifest never changes."""
+    folder = ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version")
+    return ctx.ws.artifact_sync.ensure_local(folder, immutable=True)
+
+
 def manifest_tasks(ctx: RunContext, split_name: str | None = None) -> list[PreprocessTask]:
-    manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
+    manifest = load_manifest(dataset_folder(ctx))
     frame = manifest.frame if split_name is None else manifest.split(split_name)
     return [PreprocessTask(key=r.key, uri=r.uri, frame=_frame(r.frame),
                            content_hash=r.content_hash) for r in frame.itertuples()]
@@ -153,8 +162,12 @@ def preprocess(ctx: RunContext) -> dict[str, Any]:
         for note in txv_overrides(ctx.config.preprocess, profile):
             ctx.message(note)
     cache = PreprocessCache(ctx.ws.artifacts / "cache" / "preprocess")
+    # what another machine computed is fetched, not computed again; what this one adds goes up
+    entries = ctx.ws.artifact_sync.ensure_local(cache.root / profile.fingerprint(),
+                                                immutable=True)
     with ctx.ws.executor() as pool:
         report = preprocess_items(tasks, profile, cache, pool, progress=ctx.progress)
+    ctx.ws.artifact_sync.publish(entries)
     if report.failures:
         sample = "; ".join(f"{k[:12]}: {r}" for k, r in list(report.failures.items())[:3])
         raise PipelineError(f"{len(report.failures)} item(s) failed preprocessing: {sample}")

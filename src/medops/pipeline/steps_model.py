@@ -18,9 +18,10 @@ from medops.monitor.baseline import BASELINE_FILE, Baseline, ReferenceSplit, bui
 from medops.pipeline.context import RunContext
 from medops.pipeline.gate import check_gate_finding, decide, gate_metric_name
 from medops.pipeline.lineage import lineage
-from medops.pipeline.steps_data import manifest_tasks, run_profile
+from medops.pipeline.steps_data import dataset_folder, manifest_tasks, run_profile
 from medops.preprocess import PreprocessCache, PreprocessProfile, load_arrays, preprocess_items
 from medops.registry import CANDIDATE, CHAMPION, ModelLifecycle, package_model
+from medops.registry.model_card import CARD_DIR, CARD_JSON, build_card
 from medops.train import (
     ArrayData,
     ModelSpec,
@@ -49,8 +50,10 @@ def _cache(ctx: RunContext) -> PreprocessCache:
 
 
 def _arrays(ctx: RunContext, split_name: str, profile: PreprocessProfile) -> ArrayData:
-    manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
-    x = load_arrays(manifest_tasks(ctx, split_name), profile, _cache(ctx))
+    manifest = load_manifest(dataset_folder(ctx))
+    cache = _cache(ctx)  # preprocessed on another machine (a resumed run): fetched once
+    ctx.ws.artifact_sync.ensure_local(cache.root / profile.fingerprint(), immutable=True)
+    x = load_arrays(manifest_tasks(ctx, split_name), profile, cache)
     return ArrayData(x=x, y=manifest.targets(split_name))
 
 
@@ -94,6 +97,7 @@ def train(ctx: RunContext) -> dict[str, Any]:
                       train_cfg.model_dump(mode="json"),
                       *([init.sha256] if init is not None else [])], sort_keys=True)
     ckpt = ctx.ws.artifacts / "checkpoints" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    ctx.ws.artifact_sync.ensure_local(ckpt)  # interrupted elsewhere: continue from there
     # recorded now, not only on success: `medops runs discard` deletes an unfinished one
     ctx.ws.state.update_step(ctx.run_id, ctx.step, outputs={"checkpoint": str(ckpt)})
 
@@ -120,18 +124,25 @@ def train(ctx: RunContext) -> dict[str, Any]:
         ctx.progress(ep.epoch, cfg.train.epochs)
         ctx.message(f"epoch {ep.epoch}: loss {ep.train_loss:.4f} val_auc {ep.val_auc:.4f}"
                     + (" (best)" if ep.best_so_far else ""))
+        # in the background while training; the checkpoint goes up whole when training ends
+        ctx.ws.artifact_sync.publish_soon(ckpt)
         ctx.interrupt.check()  # the epoch is checkpointed and logged: a resume continues after it
 
     if train_cfg.processes > 1:
         ctx.message(f"training on {train_cfg.processes} processes (data parallel)")
-    result = fit(spec, train_data, val_data, train_cfg, model_cfg, checkpoint_dir=ckpt,
-                 on_epoch=on_epoch, progress=False)
+    try:
+        result = fit(spec, train_data, val_data, train_cfg, model_cfg, checkpoint_dir=ckpt,
+                     on_epoch=on_epoch, progress=False)
+    finally:  # stopped or not, the last write is finished: another machine resumes from it
+        ctx.ws.artifact_sync.publish(ckpt, delete=True, strict=False)
     import torch
 
     weights = ctx.run_dir / WEIGHTS
     torch.save(result.model.state_dict(), weights)
     # this training's checkpoint stays (an unchanged re-run reuses it); finished older ones go
     pruned = prune_checkpoints(ckpt.parent, keep=ckpt)
+    for old in pruned:
+        ctx.ws.artifact_sync.discard(old, strict=False)
     if pruned:
         ctx.message(f"removed {len(pruned)} checkpoint(s) of earlier finished trainings")
     return {"weights": str(weights), "spec": spec.to_dict(), "best_epoch": result.best_epoch,
@@ -165,7 +176,9 @@ def _load_trained(ctx: RunContext) -> Any:
     import torch
 
     model = build_model(ModelSpec.from_dict(ctx.out("train", "spec"), code_root=ctx.ws.root))
-    model.load_state_dict(torch.load(ctx.out("train", "weights"), map_location="cpu",
+    # the run's own folder, not the path recorded: a run resumed on another machine has it
+    # under another root (fetched from a remote artifact root)
+    model.load_state_dict(torch.load(ctx.run_dir / WEIGHTS, map_location="cpu",
                                      weights_only=True))
     return model.eval()
 
@@ -243,7 +256,7 @@ def _champion_score(ctx: RunContext) -> tuple[str | None, float | None]:
     with ctx.ws.executor() as pool:  # the champion's own profile: its cache entries may differ
         preprocess_items(tasks, loaded.profile, _cache(ctx), pool)
     x = load_arrays(tasks, loaded.profile, _cache(ctx))
-    manifest = load_manifest(ctx.ws.artifacts / "datasets" / ctx.out("split", "dataset_version"))
+    manifest = load_manifest(dataset_folder(ctx))
     # the same metrics as the candidate's, the champion's own thresholds deciding its findings
     cuts = loaded.thresholds
     metrics = task_evaluation(task).metrics(
@@ -291,8 +304,10 @@ def register(ctx: RunContext) -> dict[str, Any]:
     init_weights = ctx.outputs["train"].get("init_weights")  # the weights training began from
     if init_weights:
         meta["weights"] = init_weights
-    baseline = ctx.outputs["evaluate"].get("baseline")  # absent in runs from older medops
-    extra = {"baseline": Path(baseline)} if baseline and Path(baseline).is_file() else None
+    # absent in runs from older medops; read from this machine's copy of the run's folder
+    baseline = ctx.run_dir / "evaluation" / BASELINE_FILE
+    extra = {"baseline": baseline} \
+        if ctx.outputs["evaluate"].get("baseline") and baseline.is_file() else None
     package_model(_load_trained(ctx), ctx.out("split", "classes"), profile, meta, package,
                   extra=extra)
     mlrun = ctx.mlflow_run()
@@ -306,6 +321,11 @@ def register(ctx: RunContext) -> dict[str, Any]:
             "preprocess_profile": profile.fingerprint(), **metric_tags}
     version = ctx.ws.registry.register(mlrun, f"{ctx.ws.tracker.artifact_uri(mlrun)}/model",
                                        tags, alias=CANDIDATE)
+    card = build_card(ctx.config, ctx.outputs, name=name, version=version.version,
+                      run_id=ctx.run_id, mlflow_run_id=mlrun, lineage=lineage(ctx.ws.root))
+    ctx.ws.tracker.log_artifact(mlrun, card.write(ctx.run_dir / CARD_DIR), CARD_DIR)
+    ctx.ws.registry.set_tags(version.version, {"model_card": f"{CARD_DIR}/{CARD_JSON}",
+                                               "weights_sha256": card.weights_sha256 or "-"})
     ctx.ws.state.audit("model.registered", "medops", f"{name}/{version.version}",
                        {"run_id": ctx.run_id, "dataset_version": dataset, "alias": CANDIDATE,
                         "gate": verdict["reasons"]})

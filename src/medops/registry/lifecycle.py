@@ -14,7 +14,7 @@ from typing import Any
 
 from medops.errors import ConfigError, NotFoundError, SignOffError
 from medops.registry.registry import CHAMPION, ModelRegistry, ModelVersionInfo
-from medops.storage import DeploymentRecord, EventKind, StateStore
+from medops.storage import AuditEntry, DeploymentRecord, EventKind, StateStore
 from medops.storage.state import utcnow
 
 #: The actor recorded when ``registry.approval: auto`` promotes a version that passed its gate.
@@ -87,13 +87,12 @@ class ModelLifecycle:
             return live
         at = utcnow()
         previous = champion.version if champion else None
-        deployment = self._move_champion(info.version, previous, by, note, action, at)
+        audit = AuditEntry("model.approved", by, f"{self.name}/{info.version}",
+                           {"note": note, "previous": previous, "action": action}, at)
+        deployment = self._move_champion(info.version, previous, by, note, action, at, audit)
         self.registry.set_tags(info.version, {
             "approval": APPROVED, "approved_by": by, "approved_at": at.isoformat(),
             "approval_note": note})
-        target = f"{self.name}/{info.version}"
-        self.state.audit("model.approved", by, target, {"note": note, "previous": previous,
-                                                        "action": action})
         kind = EventKind.MODEL_APPROVED
         self.state.add_event(kind, {"name": self.name, "version": info.version, "actor": by},
                              idempotency_key=f"{kind}:{self.name}:{deployment.id}")
@@ -139,9 +138,10 @@ class ModelLifecycle:
                 raise SignOffError(f"{self.name} v{target} was rejected; approve it again to "
                                    "make it live")
         at = utcnow()
-        deployment = self._move_champion(target, champion.version, by, note, "rollback", at)
-        self.state.audit("model.rolled_back", by, f"{self.name}/{target}",
-                         {"note": note, "previous": champion.version})
+        audit = AuditEntry("model.rolled_back", by, f"{self.name}/{target}",
+                           {"note": note, "previous": champion.version}, at)
+        deployment = self._move_champion(target, champion.version, by, note, "rollback", at,
+                                         audit)
         self._deployed_event(deployment, champion.version)
         return deployment
 
@@ -184,10 +184,11 @@ class ModelLifecycle:
                            f"(v{current} is the only one); use --to VERSION or approve another")
 
     def _move_champion(self, version: str, previous: str | None, by: str, note: str,
-                       action: str, at: datetime) -> DeploymentRecord:
+                       action: str, at: datetime, audit: AuditEntry) -> DeploymentRecord:
         self.registry.set_alias(CHAMPION, version)
-        try:
-            return self.state.record_deployment(self.name, version, by, note, action, at)
+        try:  # the history and its audit row: one transaction
+            return self.state.record_deployment(self.name, version, by, note, action, at,
+                                                audit=audit)
         except Exception:
             # The history must not miss a champion move: put the alias back as it was.
             if previous is None:

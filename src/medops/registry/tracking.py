@@ -33,9 +33,14 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 
 
 class Tracker:
-    """One MLflow experiment per project; its artifacts live under the project's artifact root."""
+    """One MLflow experiment per project. ``artifact_root``: where a new experiment keeps its
+    artifacts, a local folder or a URI (``s3://...``); None lets the MLflow server choose (with
+    ``--serve-artifacts``: ``mlflow-artifacts:/``, which every client reads through it).
+    Credentials for a server come from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD
+    (or MLFLOW_TRACKING_TOKEN) or ``~/.mlflow/credentials``, which MLflow reads itself."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+    def __init__(self, tracking_uri: str, experiment: str,
+                 artifact_root: Path | str | None) -> None:
         from mlflow.tracking import MlflowClient  # heavy: imported when tracking is used
 
         if tracking_uri.startswith(("http://", "https://")):
@@ -51,9 +56,12 @@ class Tracker:
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self._experiment_name)
             if exp is None:
-                self._artifact_root.mkdir(parents=True, exist_ok=True)
+                location = self._artifact_root
+                if isinstance(location, Path):
+                    location.mkdir(parents=True, exist_ok=True)
                 self._experiment_id = self.client.create_experiment(
-                    self._experiment_name, artifact_location=self._artifact_root.as_uri())
+                    self._experiment_name, artifact_location=location.as_uri()
+                    if isinstance(location, Path) else location)
             else:
                 self._experiment_id = exp.experiment_id
         return self._experiment_id

@@ -45,6 +45,8 @@ from medops.serve.inputs import ACCEPTED, PreparedImage, prepare, split_images
 from medops.serve.metrics import ServeMetrics
 from medops.serve.outputs import predictions as answers
 from medops.serve.server import forward_workers
+from medops.serve.stats import COUNTED_ROUTES, ServingStatsCollector
+from medops.storage.serving import ServingStats
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
@@ -102,18 +104,24 @@ class _Server:
     writer: CaptureWriter | None
     token: str | None
     pool: ThreadPoolExecutor
+    stats: ServingStatsCollector | None = None
 
 
 def create_app(registry: ModelRegistry, cfg: ServeConfig, *, ref: ModelRef | None = None,
-               capture: CaptureStore | None = None, token: str | None = None) -> FastAPI:
+               capture: CaptureStore | None = None, token: str | None = None,
+               stats: ServingStats | None = None) -> FastAPI:
     """The app serving ``ref`` (default ``cfg.model``, else ``NAME@champion``) from
     ``registry``. ``capture`` stores predictions (when ``cfg.capture``) and feedback;
-    ``token``, when set, is required as ``Authorization: Bearer <token>``."""
+    ``token``, when set, is required as ``Authorization: Bearer <token>``; ``stats`` gets
+    the per-minute request, error and latency figures (medops.serve.stats)."""
     ref = ref or ModelRef.parse(cfg.model, registry.name)
     metrics = ServeMetrics()
+    collector = ServingStatsCollector(stats, ref.name) if stats is not None else None
 
     def on_swap(d: Deployment) -> None:
         metrics.set_live(d.name, d.version)
+        if collector is not None:
+            collector.set_version(d.version)
 
     srv = _Server(
         cfg=cfg, host=ModelHost(registry, ref, cfg.poll_seconds, on_swap=on_swap),
@@ -121,12 +129,15 @@ def create_app(registry: ModelRegistry, cfg: ServeConfig, *, ref: ModelRef | Non
                              on_batch=metrics.observe_batch),
         metrics=metrics, writer=CaptureWriter(capture) if capture is not None else None,
         token=token, pool=ThreadPoolExecutor(min(8, os.cpu_count() or 1),
-                                             thread_name_prefix="medops-prep"))
+                                             thread_name_prefix="medops-prep"),
+        stats=collector)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         srv.batcher.start()
         srv.host.start()  # loads in the background: /ping answers at once
+        if srv.stats is not None:
+            srv.stats.start()
         try:
             yield
         finally:
@@ -135,13 +146,15 @@ def create_app(registry: ModelRegistry, cfg: ServeConfig, *, ref: ModelRef | Non
             srv.pool.shutdown(wait=True)
             if srv.writer is not None:
                 await asyncio.to_thread(srv.writer.close)
+            if srv.stats is not None:
+                await asyncio.to_thread(srv.stats.close)  # the last minute too
 
     app = FastAPI(title="medops serve", version="1", lifespan=lifespan,
                   description=f"Real-time predictions of {ref}. Send DICOM, PNG or JPEG.")
     app.state.medops = srv
     install_handlers(app)
     _add_routes(app, srv)
-    app.add_middleware(_Observe, metrics=metrics)
+    app.add_middleware(_Observe, metrics=metrics, stats=collector)
     return app
 
 
@@ -283,9 +296,11 @@ def _records(request_id: str, results: list[Result],
 class _Observe:
     """Pure ASGI middleware: a request id per request, and the request/error/latency metrics."""
 
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics,
+                 stats: ServingStatsCollector | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -313,8 +328,11 @@ class _Observe:
             # set small (no per-model or per-id series). Docs and 404s count as "other".
             label = getattr(route, "path", None) or "other"
             m = self.metrics
+            elapsed = time.perf_counter() - started
             m.requests.labels(route=label, status=str(status)).inc()
-            m.latency.labels(route=label).observe(time.perf_counter() - started)
+            m.latency.labels(route=label).observe(elapsed)
+            if self.stats is not None and label in COUNTED_ROUTES:
+                self.stats.observe(status, elapsed)
             if status >= 400:
                 kind = scope["state"].get("error_type", "HTTPError")
                 m.errors.labels(route=label, type=kind).inc()

@@ -28,7 +28,11 @@ from medops.errors import (
     NotAcceptableError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    RegistryError,
     RequestError,
+    SignOffError,
+    StoreError,
     UnavailableError,
     UnsupportedMediaError,
 )
@@ -38,6 +42,7 @@ log = logging.getLogger(__name__)
 #: Most specific class first; a MedopsError not listed here is a server fault (500).
 HTTP_STATUS: tuple[tuple[type[MedopsError], int], ...] = (
     (AuthenticationError, 401),
+    (PermissionDeniedError, 403),
     (LabelError, 422),  # feedback naming a class the model does not have
     (PayloadTooLargeError, 413),
     (UnsupportedMediaError, 415),
@@ -46,6 +51,9 @@ HTTP_STATUS: tuple[tuple[type[MedopsError], int], ...] = (
     (NotFoundError, 404),
     (DataError, 400),  # unreadable or unusable image: the client sent it
     (UnavailableError, 503),
+    (SignOffError, 409),  # e.g. rejecting the live champion (the team server's sign-off)
+    (RegistryError, 502),  # MLflow refused or cannot be reached
+    (StoreError, 503),  # the state database cannot be reached; retrying later may work
     (ConfigError, 500),
 )
 

@@ -92,6 +92,8 @@ class RunRecord:
     host: str | None = None
     mlflow_run_id: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    owner: str | None = None  # PID@HOST#NODE.TOKEN of the process holding it (while running)
+    heartbeat_at: datetime | None = None  # its holder's last sign of life
 
 
 def drift_series_key(model: str, version: object) -> str:
@@ -108,6 +110,16 @@ class EventRecord:
     idempotency_key: str | None = None
     id: int | None = None
     decision: EventDecision | None = None  # filled by StateStore.event_log / open_events
+
+    def to_dict(self) -> dict[str, Any]:
+        """The shape of `medops events ls --json` and of the server's /api/events."""
+        d = self.decision
+        return {"id": self.id, "kind": self.kind, "created_at": self.created_at.isoformat(),
+                "idempotency_key": self.idempotency_key, "payload": self.payload,
+                "status": d.status.value if d else "new",
+                "decision": d.decision if d else None, "reason": d.reason if d else None,
+                "run_id": d.run_id if d else None, "notified": d.notified if d else False,
+                "decided_at": d.updated_at.isoformat() if d else None}
 
 
 class DecisionStatus(StrEnum):
@@ -139,6 +151,8 @@ class AuditEntry:
     details: dict[str, Any]
     at: datetime
     id: int | None = None
+    prev_hash: str | None = None  # the hash of the row before it in the chain
+    hash: str | None = None  # sha256 over prev_hash and this row's contents
 
 
 @dataclass
