@@ -312,15 +312,21 @@ class Session:
         runner = PipelineRunner(self.project, reporter, interrupt)
         return RunResult.from_record(runner.resume(run_id, step))
 
+    def _reap(self) -> None:
+        """Runs whose holder died become interrupted before they are shown."""
+        from medops.registry.runs import reap_dead_runs  # MLflow loads only when needed
+
+        reap_dead_runs(self.project)
+
     def runs(self, limit: int = 20) -> list[RunResult]:
         """The most recent runs, newest first."""
-        self.project.state.mark_dead_runs_interrupted()
+        self._reap()
         return [RunResult.from_record(r) for r in self.project.state.list_runs(limit)]
 
     def get_run(self, run_id: str) -> RunResult:
         """One run, by its id or the start of it (:class:`NotFoundError` if none or several
         match)."""
-        self.project.state.mark_dead_runs_interrupted()
+        self._reap()
         return RunResult.from_record(self.project.state.get_run(run_id))
 
     def metrics(self, run_id: str) -> RunMetrics:

@@ -69,7 +69,7 @@ from medops.storage.liveness import STALE_BEATS, Heartbeat, process_owner
 
 if TYPE_CHECKING:  # the pipeline (torch, MLflow) loads in the run processes, not here
     from medops.executor import Executor
-    from medops.registry import ModelRegistry, ModelVersionInfo
+    from medops.registry import ModelRegistry, ModelVersionInfo, Tracker
     from medops.storage.artifact_sync import ArtifactSync
 
 log = logging.getLogger("medops.agent")
@@ -95,6 +95,8 @@ class AgentWorkspace(Protocol):
     def artifact_sync(self) -> ArtifactSync: ...
     @property
     def registry(self) -> ModelRegistry: ...
+    @property
+    def tracker(self) -> Tracker: ...
     def executor(self) -> Executor: ...
     def with_config(self, config: MedopsConfig) -> Any: ...
     @property
@@ -175,10 +177,20 @@ class Agent:
         return self.config.pipeline.heartbeat * STALE_BEATS
 
     # -- start and stop -------------------------------------------------------------------
+    def _reap(self) -> None:
+        """Runs whose holder died (here or on another machine) become interrupted, their
+        MLflow runs killed (medops.registry.runs)."""
+        dead = self.state.mark_dead_runs_interrupted()
+        if dead:  # MLflow loads into the agent only when there is a run to mark
+            from medops.registry.runs import mark_mlflow_run
+
+            for run_id in dead:
+                mark_mlflow_run(self.ws, run_id, "KILLED")
+
     def _start(self) -> None:
         t0 = time.monotonic()
         self._heartbeat.start()
-        self.state.mark_dead_runs_interrupted()
+        self._reap()
         self.notifier.start()
         self._recover()
         self._start_feeds()
@@ -287,7 +299,7 @@ class Agent:
             changed = True
         if self._held_elsewhere and time.monotonic() - self._last_watch > _WATCH_EVERY:
             self._last_watch = time.monotonic()
-            self.state.mark_dead_runs_interrupted()
+            self._reap()
             if self.state.get_run(self._held_elsewhere).status is not RunStatus.RUNNING:
                 run_id, self._held_elsewhere = self._held_elsewhere, None
                 self._run_ended(run_id, None)
@@ -352,7 +364,7 @@ class Agent:
             return self._child.run_id
         if self._held_elsewhere is not None:
             return self._held_elsewhere
-        self.state.mark_dead_runs_interrupted()
+        self._reap()
         running = self.state.run_ids(RunStatus.RUNNING)
         return running[0] if running else None
 
@@ -427,7 +439,7 @@ class Agent:
         log.info("run %s %s", run_id, "resumed" if resume else "started")
 
     def _run_ended(self, run_id: str, exitcode: int | None) -> None:
-        self.state.mark_dead_runs_interrupted()
+        self._reap()
         record = self.state.get_run(run_id)
         if record.status is RunStatus.RUNNING:  # held by a process we do not know: watch it
             self._held_elsewhere = run_id

@@ -6,12 +6,12 @@ from medops.pipeline.context import (
     RunContext,
     SilentReporter,
     Workspace,
-    reap_dead_runs,
 )
 from medops.pipeline.discard import Discarded, discard_run
 from medops.pipeline.gate import GateVerdict, check_gate_finding, decide, gate_metric_name
 from medops.pipeline.interrupt import Interrupt
 from medops.pipeline.runner import STEPS, PipelineRunner, new_run_id
+from medops.registry.runs import reap_dead_runs
 
 __all__ = [
     "STEPS",

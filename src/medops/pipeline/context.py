@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from medops.config.schema import MedopsConfig
 from medops.pipeline.interrupt import Interrupt
@@ -99,30 +99,3 @@ class RunContext:
 
     def message(self, text: str) -> None:
         self.reporter.message(self.step, text)
-
-
-def mark_mlflow_run(ws: Workspace, run_id: str,
-                    status: Literal["RUNNING", "FINISHED", "FAILED", "KILLED"]) -> None:
-    """Give the run's MLflow run (if it has one) the medops run's state, so the MLflow UI shows
-    neither a dead run as running nor a resumed one as ended. Best effort: MLflow may be why
-    the run failed, and then the steps that need it report that."""
-    mlflow_run_id = ws.state.get_run(run_id).mlflow_run_id
-    if not mlflow_run_id:
-        return
-    try:
-        if status == "RUNNING":
-            ws.tracker.reopen_run(mlflow_run_id)
-        else:
-            ws.tracker.end_run(mlflow_run_id, status)
-    except Exception as exc:
-        log.warning("could not mark MLflow run %s %s: %s", mlflow_run_id, status.lower(), exc)
-
-
-def reap_dead_runs(ws: Workspace) -> list[str]:
-    """Runs marked running whose holder is dead (its heartbeat stopped, on any machine, or its
-    process on this one is gone: kill -9, a crash, a reboot) become ``interrupted``, and their
-    MLflow runs killed: no handler of theirs could do it."""
-    dead = ws.state.mark_dead_runs_interrupted()
-    for run_id in dead:
-        mark_mlflow_run(ws, run_id, "KILLED")
-    return dead

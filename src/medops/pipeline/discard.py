@@ -15,7 +15,8 @@ from pathlib import Path
 
 from medops.config.enums import Step
 from medops.errors import PipelineError
-from medops.pipeline.context import Workspace, mark_mlflow_run, reap_dead_runs
+from medops.pipeline.context import Workspace
+from medops.registry.runs import mark_mlflow_run, reap_dead_runs
 from medops.storage import RunRecord, RunStatus, StepStatus
 from medops.train import discard_checkpoint
 

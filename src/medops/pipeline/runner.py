@@ -18,12 +18,11 @@ from medops.pipeline.context import (
     RunContext,
     SilentReporter,
     Workspace,
-    mark_mlflow_run,
-    reap_dead_runs,
 )
 from medops.pipeline.interrupt import Interrupt, caused_by_interrupt
 from medops.pipeline.steps_data import ingest, preprocess, split, validate
 from medops.pipeline.steps_model import evaluate, gate, register, train
+from medops.registry.runs import mark_mlflow_run, reap_dead_runs
 from medops.storage import RunRecord, RunStatus, StepStatus
 from medops.storage.liveness import STALE_BEATS, Heartbeat, process_owner
 from medops.train.entrypoints import check_architecture_exists

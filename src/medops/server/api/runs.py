@@ -72,7 +72,9 @@ class _Liveness:
             if now - self._last < LIVENESS_EVERY_SECONDS:
                 return
             self._last = now
-        self.project.state.mark_dead_runs_interrupted()
+        from medops.registry.runs import reap_dead_runs  # MLflow loads only when needed
+
+        reap_dead_runs(self.project)
 
 
 def build(project: Project) -> APIRouter:
