@@ -53,7 +53,7 @@ def write_ci(root: Path, config: MedopsConfig, provider: CiProvider = CiProvider
              force: bool = False, sample_data: str = SAMPLE_DATA,
              medops_spec: str = MEDOPS_SPEC) -> CiFiles:
     """Write the CI workflow of the project at ``root`` (see the module docstring)."""
-    if provider is not CiProvider.GITHUB:  # one provider today; the enum names the choices
+    if provider is not CiProvider.GITHUB:  # the one provider; the enum leaves room for more
         raise ConfigError(f"--ci {provider.value!r}: known providers: github")
     if Path(sample_data).is_absolute() or ".." in Path(sample_data).parts:
         raise ConfigError(f"the sample data {sample_data!r} must be a folder inside the "
