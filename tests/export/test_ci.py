@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from medops.cli.main import app
 from medops.export.ci import MEDOPS_SPEC
+from tests.servers.moto import moto_endpoint
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOW = Path(".github/workflows/medops.yml")
@@ -208,14 +209,8 @@ def test_the_entrypoint_runs_train_and_serve_as_sagemaker_starts_them(
 @pytest.fixture(scope="module")
 def secrets_endpoint() -> Iterator[str]:
     """moto's Secrets Manager in server mode on a free loopback port."""
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint
 
 
 def test_the_entrypoint_exports_the_runtime_secret(

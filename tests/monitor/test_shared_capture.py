@@ -5,7 +5,6 @@ third folder through the location stored with the result."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -18,6 +17,7 @@ from medops.monitor.run import MonitorStatus, run_monitor
 from medops.project import Project
 from medops.storage import sqlalchemy_url
 from medops.storage.monitoring import MonitorResults
+from tests.servers.moto import s3_bucket
 
 from .conftest import Monitored, png, shifted
 
@@ -26,23 +26,8 @@ pytest.importorskip("boto3")
 
 @pytest.fixture
 def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    import boto3
-
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(key, value)
-    name = f"capture-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
-    try:
+    with s3_bucket(monkeypatch, tmp_path, "capture") as (name, _):
         yield name
-    finally:
-        server.stop()
 
 
 def _machine(root: Path, monitored: Monitored, bucket: str) -> Project:

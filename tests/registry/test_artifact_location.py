@@ -4,13 +4,13 @@ and wherever an MLflow server decides when tracking is remote."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from medops.project import Project
+from tests.servers.moto import s3_bucket
 
 pytest.importorskip("boto3")
 
@@ -18,26 +18,8 @@ pytest.importorskip("boto3")
 @pytest.fixture
 def s3_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[str, object]]:
     """A bucket on moto's server, reached through boto3's own variables only."""
-    import boto3
-
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(key, value)
-    for key in ("MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    bucket = f"artifacts-{uuid.uuid4().hex[:8]}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=bucket)
-    try:
-        yield bucket, client
-    finally:
-        server.stop()
+    with s3_bucket(monkeypatch, tmp_path, "artifacts") as found:
+        yield found
 
 
 def _project(root: Path, **storage: str) -> Project:

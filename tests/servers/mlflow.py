@@ -38,6 +38,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers.moto import moto_endpoint
+
 ADMIN = "admin"
 BUCKET = "mlflow"
 #: Credentials moto accepts; the server reads them from its environment like any boto3 client.
@@ -74,16 +76,10 @@ class MotoS3:
 
 @contextmanager
 def moto_s3(bucket: str = BUCKET) -> Iterator[MotoS3]:
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        s3 = MotoS3(f"http://{host}:{port}", bucket)
+    with moto_endpoint() as endpoint:
+        s3 = MotoS3(endpoint, bucket)
         s3.client().create_bucket(Bucket=bucket)  # type: ignore[attr-defined]
         yield s3
-    finally:
-        server.stop()
 
 
 @dataclass

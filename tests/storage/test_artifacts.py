@@ -29,6 +29,7 @@ from medops.storage.artifacts import (
     working_folder,
 )
 from medops.storage.s3_artifacts import S3ArtifactStore
+from tests.servers.moto import moto_endpoint
 
 pytest.importorskip("boto3")
 
@@ -36,14 +37,8 @@ pytest.importorskip("boto3")
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 in server mode on a free loopback port: the wire protocol boto3 speaks."""
-    server_mod = pytest.importorskip("moto.server")
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+    with moto_endpoint() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

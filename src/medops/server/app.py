@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from medops.project import Project
 from medops.server.api import build_api
 from medops.server.auth import Authenticator
+from medops.server.dashboard import build as build_dashboard
 from medops.server.settings import ADMIN_PASSWORD_ENV, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -73,23 +74,9 @@ def create_app(project: Project, settings: ServerSettings) -> FastAPI:
     app.state.authenticator = authenticator
     install_handlers(app)
     app.include_router(build_api(project, settings), prefix="/api")
-    _include_dashboard(app, project, settings)
+    app.include_router(build_dashboard(project, settings))
     app.add_middleware(_SecurityHeaders)
     return app
-
-
-def _include_dashboard(app: FastAPI, project: Project, settings: ServerSettings) -> None:
-    try:
-        from medops.server import dashboard
-    except ModuleNotFoundError as exc:
-        if exc.name != "medops.server.dashboard":
-            raise  # the dashboard is there but something it imports is not
-        return
-    build = getattr(dashboard, "build", None)
-    if build is None:  # a folder of templates without its package (a partial checkout)
-        log.warning("medops.server.dashboard has no build(); the dashboard is not served")
-        return
-    app.include_router(build(project, settings))
 
 
 class _SecurityHeaders:

@@ -133,7 +133,8 @@ def build(settings: ServerSettings) -> APIRouter:
 
     @router.post("/logout")
     def logout(request: Request, response: Response, caller: Caller) -> dict[str, Any]:
-        """End this session (a machine token stays valid: an admin revokes it)."""
+        """Log out: the caller's login token stops working (a machine token stays valid: an
+        admin revokes it)."""
         token = request_token(request) or ""
         authenticator_of(request).logout(token)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",

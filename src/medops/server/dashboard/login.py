@@ -47,7 +47,7 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.post("/logout", include_in_schema=False)
     def logout_form(request: Request, csrf: str = Form("")) -> Response:
         if request_token(request) and not csrf_ok(request, csrf):
-            return Response("the form's CSRF token does not belong to this session; reload the "
+            return Response("the form's CSRF token does not belong to this login; reload the "
                             "page", status_code=403, media_type="text/plain")
         return _logout(request)
 

@@ -121,7 +121,7 @@ class Dashboard:
 
     def check_form(self, request: Request, who: Principal, csrf: str | None,
                    role: Role) -> None:
-        """A form POST: the right role and this session's CSRF token, else 403."""
+        """A form POST: the right role and the CSRF token of the caller's login, else 403."""
         if not who.can(role):
             raise PermissionDeniedError(f"{who.name} is a {who.role.value}; this needs the "
                                         f"role {role.value} or higher")
