@@ -19,6 +19,7 @@ from medops.project import Project
 from medops.server.api import build_api
 from medops.server.auth import Authenticator
 from medops.server.dashboard import build as build_dashboard
+from medops.server.dashboard.web import LoginRequiredError, login_redirect
 from medops.server.settings import ADMIN_PASSWORD_ENV, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def create_app(project: Project, settings: ServerSettings) -> FastAPI:
     install_handlers(app)
     app.include_router(build_api(project, settings), prefix="/api")
     app.include_router(build_dashboard(project, settings))
+    app.add_exception_handler(LoginRequiredError, login_redirect)
     app.add_middleware(_SecurityHeaders)
     return app
 

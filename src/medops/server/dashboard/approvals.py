@@ -19,7 +19,7 @@ from medops.errors import ConfigError, NotFoundError, PermissionDeniedError, Sig
 from medops.registry.lifecycle import VersionStatus
 from medops.server.auth import Role
 from medops.server.dashboard.models import is_pending, model_names, versions
-from medops.server.dashboard.web import Dashboard, forbidden, login_redirect, redirect
+from medops.server.dashboard.web import Dashboard, Viewer, forbidden, redirect
 from medops.storage import AuditEntry
 
 #: The audit actions shown as recent decisions under the queue.
@@ -58,10 +58,7 @@ def decisions(dash: Dashboard, limit: int = 20) -> list[AuditEntry]:
 
 def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/approvals", response_class=HTMLResponse, include_in_schema=False)
-    def approvals_page(request: Request, done: str = "") -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def approvals_page(request: Request, who: Viewer, done: str = "") -> Response:
         return dash.render(request, "approvals.html", who, queue=pending(dash),
                            decisions=decisions(dash), done=done[:200])
 

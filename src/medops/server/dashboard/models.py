@@ -14,7 +14,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from medops.errors import MedopsError, NotFoundError
 from medops.server.dashboard import svg
-from medops.server.dashboard.web import Dashboard, login_redirect
+from medops.server.dashboard.web import Dashboard, Viewer
 from medops.storage import DeploymentRecord
 
 if TYPE_CHECKING:
@@ -151,18 +151,12 @@ def history_chart(history: list[DeploymentRecord]) -> str:
 
 def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/models", response_class=HTMLResponse, include_in_schema=False)
-    def models_page(request: Request) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def models_page(request: Request, who: Viewer) -> Response:
         return dash.render(request, "models.html", who, models=model_rows(dash),
                            mlflow=dash.mlflow_url)
 
     @router.get("/models/{name}", response_class=HTMLResponse, include_in_schema=False)
-    def model_page(request: Request, name: str) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def model_page(request: Request, who: Viewer, name: str) -> Response:
         found = versions(dash, name)
         if not found and name not in model_names(dash):
             return dash.error(request, who, 404, f"no registered model named {name!r}")
@@ -171,10 +165,7 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
 
     @router.get("/models/{name}/versions/{version}", response_class=HTMLResponse,
                 include_in_schema=False)
-    def version_view(request: Request, name: str, version: str) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def version_view(request: Request, who: Viewer, name: str, version: str) -> Response:
         try:
             page = version_page(dash, name, version)
         except NotFoundError as exc:
@@ -184,10 +175,7 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
 
     @router.get("/models/{name}/versions/{version}/files/{path:path}",
                 include_in_schema=False)
-    def version_file(request: Request, name: str, version: str, path: str) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def version_file(request: Request, who: Viewer, name: str, version: str, path: str) -> Response:
         status = next((v for v in versions(dash, name) if v.info.version == version), None)
         if status is None or not status.info.run_id or path.split("/")[0] not in SHOWN_FOLDERS:
             return Response("not found", status_code=404, media_type="text/plain")
@@ -201,10 +189,7 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
                                      "X-Content-Type-Options": "nosniff"})
 
     @router.get("/models/{name}/history", response_class=HTMLResponse, include_in_schema=False)
-    def history_page(request: Request, name: str) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def history_page(request: Request, who: Viewer, name: str) -> Response:
         history = dash.project.state.deployments(name)
         return dash.render(request, "history.html", who, name=name,
                            history=list(reversed(history)), chart=history_chart(history),

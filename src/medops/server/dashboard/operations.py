@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from medops.errors import NotFoundError, StoreError
 from medops.server.dashboard import svg
 from medops.server.dashboard.models import model_names
-from medops.server.dashboard.web import Dashboard, login_redirect
+from medops.server.dashboard.web import Dashboard, Viewer
 from medops.storage.monitoring import MonitorRecord
 
 #: Monitor checks drawn per model; serving windows shown (one a minute: a day).
@@ -141,18 +141,12 @@ def serving_panels(dash: Dashboard) -> list[ServingPanel]:
 
 def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/monitor", response_class=HTMLResponse, include_in_schema=False)
-    def monitor_page(request: Request) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def monitor_page(request: Request, who: Viewer) -> Response:
         return dash.render(request, "monitor.html", who, panels=monitor_panels(dash),
                            is_alert=is_alert)
 
     @router.get("/monitor/reports/{result_id}", include_in_schema=False)
-    def monitor_report(request: Request, result_id: int) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def monitor_report(request: Request, who: Viewer, result_id: int) -> Response:
         record = find_result(dash, result_id)
         path = None if record is None else report_file(dash, record)
         if path is None:
@@ -165,18 +159,12 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
             "X-Content-Type-Options": "nosniff"})
 
     @router.get("/serving", response_class=HTMLResponse, include_in_schema=False)
-    def serving_page(request: Request) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def serving_page(request: Request, who: Viewer) -> Response:
         return dash.render(request, "serving.html", who, panels=serving_panels(dash),
                            hours=SERVING_HOURS)
 
     @router.get("/events", response_class=HTMLResponse, include_in_schema=False)
-    def events_page(request: Request, kind: str = "") -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def events_page(request: Request, who: Viewer, kind: str = "") -> Response:
         events = dash.project.state.event_log(kind or None, limit=EVENTS_SHOWN)
         return dash.render(request, "events.html", who, events=events, kind=kind,
                            payload=_payload)

@@ -13,7 +13,7 @@ from medops.server.dashboard.approvals import pending
 from medops.server.dashboard.models import model_names, model_rows
 from medops.server.dashboard.operations import alert_kind, is_alert
 from medops.server.dashboard.runs import last_step, took
-from medops.server.dashboard.web import Dashboard, login_redirect
+from medops.server.dashboard.web import Dashboard, Viewer
 from medops.storage import RunStatus
 
 RECENT_RUNS = 10
@@ -53,10 +53,7 @@ def alerts(dash: Dashboard) -> list[Alert]:
 
 def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def overview(request: Request) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def overview(request: Request, who: Viewer) -> Response:
         problems = []
         try:
             models, found = model_rows(dash), alerts(dash)

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from medops.errors import NotFoundError
 from medops.server.dashboard import svg
-from medops.server.dashboard.web import Dashboard, login_redirect
+from medops.server.dashboard.web import Dashboard, Viewer
 from medops.storage import RunRecord, StepRecord
 
 #: Runs listed on /runs.
@@ -106,10 +106,7 @@ def summary(step: str, out: dict[str, Any]) -> str:
 
 def add_routes(router: APIRouter, dash: Dashboard) -> None:
     @router.get("/runs", response_class=HTMLResponse, include_in_schema=False)
-    def runs_page(request: Request, status: str = "") -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def runs_page(request: Request, who: Viewer, status: str = "") -> Response:
         runs = dash.project.state.list_runs(RUNS_SHOWN)
         if status:
             runs = [r for r in runs if r.status.value == status]
@@ -117,10 +114,7 @@ def add_routes(router: APIRouter, dash: Dashboard) -> None:
                            last_step=last_step, dataset=dataset_version, status=status)
 
     @router.get("/runs/{run_id}", response_class=HTMLResponse, include_in_schema=False)
-    def run_view(request: Request, run_id: str) -> Response:
-        who = dash.principal(request)
-        if who is None:
-            return login_redirect(request)
+    def run_view(request: Request, who: Viewer, run_id: str) -> Response:
         try:
             page = run_page(dash, run_id)
         except NotFoundError as exc:

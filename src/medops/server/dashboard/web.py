@@ -21,10 +21,10 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
@@ -86,10 +86,26 @@ def redirect(request: Request, path: str) -> RedirectResponse:
     return RedirectResponse(root(request) + path, status_code=303)
 
 
-def login_redirect(request: Request) -> RedirectResponse:
+def login_redirect(request: Request, _exc: Exception | None = None) -> RedirectResponse:
+    """Back to this page after logging in (the handler of :class:`LoginRequiredError`)."""
     here = request.url.path[len(root(request)):] \
         + (f"?{request.url.query}" if request.url.query else "")
     return redirect(request, f"/login?next={quote(here, safe='')}")
+
+
+class LoginRequiredError(Exception):
+    """A page asked for without a valid session: the browser is sent to ``/login``."""
+
+
+def page_viewer(request: Request) -> Principal:
+    who = optional_principal(request)
+    if who is None:
+        raise LoginRequiredError
+    return who
+
+
+#: A page's logged-in caller (any role); without a session the page answers a 303 to /login.
+Viewer = Annotated[Principal, Depends(page_viewer)]
 
 
 class Dashboard:
