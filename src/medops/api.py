@@ -312,6 +312,18 @@ class Session:
         runner = PipelineRunner(self.project, reporter, interrupt)
         return RunResult.from_record(runner.resume(run_id, step))
 
+    def run_step(self, step: Step | str, run_id: str, *, trigger: str = TRIGGER,
+                 reporter: Reporter | None = None,
+                 interrupt: Interrupt | None = None) -> RunResult:
+        """Run one step of ``run_id``, as an orchestrator's task does: the first step creates
+        the run, a later one continues it; a step already finished is not done again. One
+        attempt: a failure raises :class:`medops.errors.StepFailedError` and the caller
+        retries."""
+        from medops.pipeline import PipelineRunner
+
+        runner = PipelineRunner(self.project, reporter, interrupt)
+        return RunResult.from_record(runner.run_step(run_id, _step(step), trigger))
+
     def _reap(self) -> None:
         """Runs whose holder died become interrupted before they are shown."""
         from medops.registry.runs import reap_dead_runs  # MLflow loads only when needed

@@ -23,6 +23,7 @@ import yaml
 from medops.config import set_dotted
 from medops.demo.synthetic import SyntheticDataset, make_synthetic_dataset
 from medops.project import Project
+from medops.storage import RunRecord, StateStore
 from tests.pipeline.conftest import FAST
 
 MEDOPS = str(Path(sys.executable).parent / "medops")
@@ -140,6 +141,15 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str,
             raise AssertionError(f"process exited with {proc.returncode} waiting for {what}")
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def runs_of(root: Path) -> list[RunRecord]:
+    """The runs in the project's state store, newest first."""
+    state = StateStore(f"sqlite:///{root / '.medops' / 'medops.db'}")
+    try:
+        return state.list_runs(100)
+    finally:
+        state.close()
 
 
 def events(root: Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -15,26 +15,19 @@ from pathlib import Path
 import pytest
 
 from medops.demo.synthetic import SyntheticDataset, make_synthetic_dataset
-from medops.storage import RunRecord, RunStatus, StateStore
+from medops.storage import RunStatus
 from tests.agent.conftest import (
     MEDOPS,
     AgentProcess,
     Webhook,
     events,
     make_agent_project,
+    runs_of,
     wait_for,
 )
 
 pytestmark = pytest.mark.slow  # real agent processes running the whole pipeline
 Agents = Callable[..., AgentProcess]
-
-
-def _runs(root: Path) -> list[RunRecord]:
-    state = StateStore(f"sqlite:///{root / '.medops' / 'medops.db'}")
-    try:
-        return state.list_runs(100)
-    finally:
-        state.close()
 
 
 def _request(root: Path, key: str) -> dict[str, object]:
@@ -74,9 +67,9 @@ def test_landing_files_start_one_run_then_too_little_new_data_is_skipped(
     agents(root)
     shutil.copytree(dataset.root, root / "data" / "raw", dirs_exist_ok=True)
 
-    wait_for(lambda: [r for r in _runs(root) if r.status is not RunStatus.RUNNING], 300,
+    wait_for(lambda: [r for r in runs_of(root) if r.status is not RunStatus.RUNNING], 300,
              "the run started by the landed files to end")
-    runs = _runs(root)
+    runs = runs_of(root)
     assert [r.status for r in runs] == [RunStatus.SUCCEEDED]
     arrived = events(root, "data.arrived")
     assert arrived and all(e["status"] == "handled" and e["run_id"] == runs[0].id
@@ -114,7 +107,7 @@ def test_landing_files_start_one_run_then_too_little_new_data_is_skipped(
                                 if e["decision"] == "skipped"], 20, "the skip decision")
     assert "only 2 new labelled item(s) < min_new_items 5 since the champion's dataset ds-" \
         in str(skipped[0]["reason"])
-    assert len(_runs(root)) == 1
+    assert len(runs_of(root)) == 1
 
 
 def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
@@ -130,15 +123,15 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         shutil.copy(image.path, root / "data" / "raw" / image.label / f"extra-{trial}.dcm")
         event_id = _request(root, f"trial-{trial}")["event_id"]
         if trial > 0:  # somewhere inside the run's steps, from ingest to training
-            wait_for(lambda: any(s.status.value == "running" for r in _runs(root)
+            wait_for(lambda: any(s.status.value == "running" for r in runs_of(root)
                                  for s in r.steps), 300, "a step to start")
         delay = rng.uniform(0.0, 4.0)  # trial 0: around the decision, the claim, the fork
         time.sleep(delay)
-        running = [s.name for r in _runs(root) for s in r.steps if s.status.value == "running"]
+        running = [s.name for r in runs_of(root) for s in r.steps if s.status.value == "running"]
         agent.kill()
         delay_note = f"killed {delay:.1f}s in, during {running or 'no step'}"
         # The run's child process notices that the agent is gone and dies too.
-        wait_for(lambda: not any(_pid_alive(r.pid) for r in _runs(root)
+        wait_for(lambda: not any(_pid_alive(r.pid) for r in runs_of(root)
                                  if r.status is RunStatus.RUNNING), 30,
                  "the orphaned run process to exit")
         agent = agents(root)
@@ -146,13 +139,13 @@ def test_sigkill_at_random_points_never_loses_or_duplicates_a_run(
         assert _request(root, f"trial-{trial}")["duplicate"] is True
         event = wait_for(partial(_handled, root, event_id), 300,
                          f"event {event_id} handled ({delay_note})")
-        mine = [r for r in _runs(root) if r.id.endswith(f"-e{event_id}")]
+        mine = [r for r in runs_of(root) if r.id.endswith(f"-e{event_id}")]
         assert len(mine) == 1, f"trial {trial}, {delay_note}: {mine}"
         assert mine[0].status is RunStatus.SUCCEEDED
         assert event["run_id"] == mine[0].id
         assert event["decision"] in ("started", "resumed")
     assert agent.terminate(timeout=30) == 0
-    assert len(_runs(root)) == 3
+    assert len(runs_of(root)) == 3
     assert all(e["status"] == "handled" for e in events(root))
 
 
@@ -162,13 +155,13 @@ def test_sigterm_stops_within_seconds_and_the_run_resumes(
     agent = agents(root)
     event_id = _request(root, "sigterm")["event_id"]
     wait_for(lambda: any(s.name == "train" and s.status.value == "running"
-                         for r in _runs(root) for s in r.steps), 300, "training to start")
+                         for r in runs_of(root) for s in r.steps), 300, "training to start")
     t0 = time.monotonic()
     assert agent.terminate(timeout=20) == 0
     # ~1 s on an idle machine (the step is interrupted at once, the process then exits); the
     # bound leaves room for a loaded CI machine.
     assert time.monotonic() - t0 < 10, agent.tail()
-    (run,) = _runs(root)
+    (run,) = runs_of(root)
     assert run.status is RunStatus.INTERRUPTED
     assert not _pid_alive(run.pid)
     assert _event(root, event_id)["status"] == "claimed"
@@ -177,7 +170,7 @@ def test_sigterm_stops_within_seconds_and_the_run_resumes(
     event = wait_for(lambda: (e := _event(root, event_id))["status"] == "handled" and e, 300,
                      "the resumed run to finish")
     assert event["decision"] == "resumed"
-    (run,) = _runs(root)
+    (run,) = runs_of(root)
     assert run.status is RunStatus.SUCCEEDED
     assert next(s for s in run.steps if s.name == "ingest").attempts == 1  # not redone
 
@@ -202,7 +195,7 @@ def test_schedule_fires_once_per_slot_across_a_restart(
     decisions = sorted(str(e["decision"]) for e in fired)
     started = [d for d in decisions if d in ("started", "resumed")]
     assert len(started) == 1 and set(decisions) == {started[0], "skipped"}
-    (run,) = _runs(root)
+    (run,) = runs_of(root)
     assert run.status is RunStatus.FAILED
     failed = wait_for(lambda: [m for m in webhook.received if "failed" in m["title"]], 10,
                       "the run-failed notification")

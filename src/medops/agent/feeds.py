@@ -131,6 +131,10 @@ def poll_sources(config: MedopsConfig, ws: Any, on_event: Callable[[], None]) ->
         except Exception as exc:  # an unreachable PACS must not stop the other sources
             log.warning("polling source %s failed: %s", name, type(exc).__name__)
             continue
+        if report.rejected:
+            log.warning("source %s: %d message(s) refused (reasons above; see its dead-letter "
+                        "queue)", name, report.rejected)
         if report.events:
-            log.info("data.arrived: source %s, %d new item(s)", name, report.new)
+            log.info("source %s: %d event(s) stored, %d new item(s)", name, report.events,
+                     report.new)
             on_event()

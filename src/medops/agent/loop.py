@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from medops.agent.code_watch import CodeWatch, watched_branches
 from medops.agent.feeds import FolderWatch, poll_sources
 from medops.agent.leadership import Leadership
 from medops.agent.newdata import NewData, count_new_items
@@ -116,6 +117,8 @@ class Agent:
         self.config = ws.config
         self.state = ws.state
         self.policy = Policy(self.config.triggers, self.config.agent)
+        # checked here, so that a standby with a wrong repo fails at start, not at takeover
+        self._branches = watched_branches(self.config.triggers, ws.root)
         self.monitor = monitor
         self.log_level = log_level
         self.stopping = threading.Event()
@@ -222,6 +225,12 @@ class Agent:
             self._job("sources", Schedule(every=cfg.agent.source_poll),
                       lambda _slot: poll_sources(cfg, self.ws, self.wake))
             self._feed_names.append(f"polling {', '.join(polled)}")
+        if self._branches:
+            code = CodeWatch(self._branches, self.state, self.wake, self.stopping)
+            code.start()
+            self._threads.append(code)
+            self._feed_names.extend(f"watching branch {b.branch} of {b.repo}"
+                                    for b in self._branches)
         for trigger in cfg.triggers:
             if isinstance(trigger, ScheduleTrigger):
                 self._job(trigger.key, Schedule(cron=trigger.cron, every=trigger.every),

@@ -13,7 +13,10 @@ Rules, in order, for each event:
 5. ``drift.detected``: the same "sufficient data?" check when its trigger sets
    ``min_new_items``; and, before rules 2 and 3, ``skipped`` when the version that drifted is no
    longer the champion (a run replaced it while the alarm waited: retraining again is moot);
-6. everything still standing wants a run: one run starts for the first such event and the others
+6. ``code.changed`` and ``image.pushed`` match their trigger by repository and branch (by ECR
+   repository and tag); a branch's ``baseline`` (its first sighting) is recorded without a run;
+   with the trigger's ``debounce`` they wait for that quiet time after the newest such event;
+7. everything still standing wants a run: one run starts for the first such event and the others
    are ``coalesced`` into it.
 
 The policy only decides; :mod:`medops.agent.loop` writes the decisions and starts the run.
@@ -29,8 +32,10 @@ from typing import TypeVar
 from medops.agent.newdata import NewData
 from medops.config.agent import (
     AgentConfig,
+    CodeChangedTrigger,
     DataArrivedTrigger,
     DriftTrigger,
+    ImagePushedTrigger,
     RunRequestedTrigger,
     ScheduleTrigger,
     Trigger,
@@ -39,7 +44,8 @@ from medops.config.enums import StrEnum
 from medops.storage import DecisionStatus, EventKind, EventRecord
 
 TRIGGER_EVENTS = (EventKind.DATA_ARRIVED, EventKind.DRIFT_DETECTED, EventKind.RUN_REQUESTED,
-                  EventKind.SCHEDULE_FIRED)
+                  EventKind.SCHEDULE_FIRED, EventKind.CODE_CHANGED, EventKind.IMAGE_PUSHED)
+Debounced = CodeChangedTrigger | ImagePushedTrigger
 T = TypeVar("T")
 
 
@@ -86,7 +92,9 @@ class Policy:
                     or (kind == EventKind.DRIFT_DETECTED and isinstance(t, DriftTrigger))
                     or (kind == EventKind.RUN_REQUESTED and isinstance(t, RunRequestedTrigger))
                     or (kind == EventKind.SCHEDULE_FIRED and isinstance(t, ScheduleTrigger)
-                        and event.payload.get("schedule") == t.key)):
+                        and event.payload.get("schedule") == t.key)
+                    or (kind == EventKind.CODE_CHANGED and _same_branch(t, event))
+                    or (kind == EventKind.IMAGE_PUSHED and _same_image(t, event))):
                 return t
         return None
 
@@ -100,6 +108,7 @@ class Policy:
         live = _once(champion or (lambda: None))
         arrivals: list[tuple[EventRecord, DataArrivedTrigger]] = []
         drifts: list[tuple[EventRecord, DriftTrigger]] = []
+        quiet: dict[Debounced, list[EventRecord]] = {}
         cooling_until = last_finished + self.cooldown if last_finished else None
         if cooling_until is not None and cooling_until <= now:
             cooling_until = None
@@ -108,10 +117,12 @@ class Policy:
             trigger = self.trigger_for(event)
             scheduled = event.kind == EventKind.SCHEDULE_FIRED
             if trigger is None:
-                what = (f"schedule {event.payload.get('schedule')!r}" if scheduled
-                        else f"`on: {event.kind}`")
                 out.decisions[event.id] = Decision(DecisionStatus.HANDLED, Verdict.IGNORED,
-                                                   f"no {what} trigger in medops.yaml")
+                                                   f"no {_wanted(event)} trigger in medops.yaml")
+            elif event.kind == EventKind.CODE_CHANGED and event.payload.get("baseline"):
+                out.decisions[event.id] = Decision(
+                    DecisionStatus.HANDLED, Verdict.RECORDED,
+                    f"baseline: {_why(event)} when the agent started watching; no run")
             elif isinstance(trigger, DriftTrigger) and (stale := _replaced(event, live)):
                 out.decisions[event.id] = Decision(DecisionStatus.HANDLED, Verdict.SKIPPED,
                                                    stale)
@@ -132,12 +143,17 @@ class Policy:
                 arrivals.append((event, trigger))
             elif isinstance(trigger, DriftTrigger):
                 drifts.append((event, trigger))
+            elif isinstance(trigger, (CodeChangedTrigger, ImagePushedTrigger)) \
+                    and trigger.debounce > 0:
+                quiet.setdefault(trigger, []).append(event)
             else:
                 out.start.append((event, _why(event)))
         if arrivals:
             self._arrivals(arrivals, now, new_items, out)
         if drifts:
             self._drifts(drifts, new_items, out)
+        for trigger, held in quiet.items():
+            _debounce(trigger, held, now, out)
         out.start.sort(key=lambda pair: pair[0].id or 0)
         return out
 
@@ -185,6 +201,46 @@ class Policy:
                     f"min_new_items {least} since {data.since}")
 
 
+def _debounce(trigger: Debounced, events: list[EventRecord], now: datetime,
+              out: Outcome) -> None:
+    """Wait for ``trigger.debounce`` after the newest of ``events``, then start one run."""
+    quiet_until = max(e.created_at for e in events) + timedelta(seconds=trigger.debounce)
+    if now >= quiet_until:
+        out.start.extend((e, _why(e)) for e in events)
+        return
+    for event in events:
+        assert event.id is not None
+        out.decisions[event.id] = Decision(
+            DecisionStatus.WAITING, Verdict.DEBOUNCED,
+            f"debounced until {when(quiet_until)} (quiet time {trigger.debounce:g}s)")
+    out.wake_at = _earliest(out.wake_at, quiet_until)
+
+
+def _same_branch(t: Trigger, event: EventRecord) -> bool:
+    return (isinstance(t, CodeChangedTrigger)
+            and str(event.payload.get("repo", "")).rstrip("/") == t.repo.rstrip("/")
+            and event.payload.get("branch") == t.branch)
+
+
+def _same_image(t: Trigger, event: EventRecord) -> bool:
+    return (isinstance(t, ImagePushedTrigger)
+            and event.payload.get("repository") == t.repository
+            and (t.tag is None or event.payload.get("tag") == t.tag))
+
+
+def _wanted(event: EventRecord) -> str:
+    """The trigger an unmatched event would need, for the ``ignored`` reason."""
+    p = event.payload
+    if event.kind == EventKind.SCHEDULE_FIRED:
+        return f"schedule {p.get('schedule')!r}"
+    if event.kind == EventKind.CODE_CHANGED:
+        return f"`on: code.changed` (repo {p.get('repo')!r}, branch {p.get('branch')!r})"
+    if event.kind == EventKind.IMAGE_PUSHED:
+        tag = f", tag {p.get('tag')!r}" if p.get("tag") else ""
+        return f"`on: image.pushed` (repository {p.get('repository')!r}{tag})"
+    return f"`on: {event.kind}`"
+
+
 def _replaced(event: EventRecord, live: Callable[[], str | None]) -> str | None:
     """Why a drift alarm is moot, if it is: the version it is about is no longer live."""
     version = event.payload.get("version")
@@ -220,6 +276,14 @@ def _why(event: EventRecord) -> str:
         what = f" ({', '.join(map(str, reasons))})" if isinstance(reasons, list) and reasons \
             else ""
         return f"v{event.payload['version']} drifted{what}"
+    if event.kind == EventKind.CODE_CHANGED:
+        p = event.payload
+        return (f"branch {p.get('branch')} of {p.get('repo')} at "
+                f"{str(p.get('commit', '?'))[:12]}")
+    if event.kind == EventKind.IMAGE_PUSHED:
+        p = event.payload
+        tag = f":{p['tag']}" if p.get("tag") else ""
+        return f"image {p.get('repository')}{tag} pushed ({str(p.get('digest', '?'))[:19]})"
     return f"{event.kind}"
 
 

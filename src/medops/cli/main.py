@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 from pathlib import Path
@@ -97,27 +98,43 @@ def init(directory: Path = typer.Argument(Path(), help="Project folder."),
 @handle_errors
 def run(project: Path | None = ProjectOpt,
         until: Step | None = typer.Option(None, help="Stop after this step."),
+        only: Step | None = typer.Option(
+            None, "--only", help="Run just this step of the run --run-id (one task of an "
+            "orchestrator such as Airflow: one attempt, the orchestrator retries)."),
+        run_id: str | None = typer.Option(
+            None, "--run-id", help="With --only: the run to create (first step) or continue."),
+        trigger: str = typer.Option("manual", help="What started the run, as recorded (e.g. "
+                                    "airflow)."),
         set_: list[str] | None = typer.Option(None, "--set", help="Override: KEY=VALUE."),
         via_agent: bool = typer.Option(False, "--via-agent",
                                        help="Ask the running agent instead (run.requested)."),
         json_out: bool = JsonOpt) -> None:
-    """Run the pipeline now (a manual trigger).
+    """Run the pipeline now, or one step of a run (--only).
 
-    Example: medops run --set train.epochs=5
+    Example: medops run --set train.epochs=5 · medops run --only train --run-id nightly-42
     """
+    if (only is None) != (run_id is None):
+        raise typer.BadParameter("--only and --run-id go together: --only STEP --run-id ID",
+                                 param_hint="--only / --run-id")
+    if only is not None and (until is not None or via_agent):
+        raise typer.BadParameter("--only runs one step: leave out --until and --via-agent",
+                                 param_hint="--only")
     if via_agent:
         agent_request(project=project, reason="medops run --via-agent", key=None,
                       json_out=json_out)
         return
     proj = _project(project, set_)
+    with contextlib.ExitStack() as stack:
+        reporter = None if json_out else stack.enter_context(RichReporter())
+        runner = stack.enter_context(interruptible_runner(proj, reporter))
+        if only is not None and run_id is not None:
+            record = runner.run_step(run_id, only, trigger)
+        else:
+            record = runner.run(trigger, until)
     if json_out:
-        with interruptible_runner(proj) as runner:
-            record = runner.run("manual", until)
         print_json(run_to_dict(record))
-        return
-    with RichReporter() as reporter, interruptible_runner(proj, reporter) as runner:
-        record = runner.run("manual", until)
-    console.print(run_detail(record))
+    else:
+        console.print(run_detail(record))
 
 
 @runs_app.command("ls")

@@ -5,19 +5,27 @@
       - {on: drift.detected, min_new_items: 50}   # min_new_items: 0 (default) = always
       - {on: schedule, cron: "0 3 1 * *"}      # or every: 1d
       - {on: run.requested}
+      - {on: code.changed, repo: ../model, branch: main}   # poll: 1s, debounce: 0
+      - {on: image.pushed, repository: medops/train}     # tag: latest (any tag by default)
     agent: {cooldown: 10m}
     notify: {urls: ["mailto://...", "slack://..."]}
 
 Durations are numbers of seconds or strings with a unit: ``500ms``, ``2s``, ``10m``, ``1h``,
 ``1d``.
+
+``code.changed`` watches the head of ``branch`` in the git repository at ``repo`` (relative to
+the project root, or absolute): a commit there starts a run, and the registered version's tags
+carry the commit (``code_commit``). ``image.pushed`` acts on the events the SQS feed stores for
+ECR pushes to ``repository`` (and ``tag``, when given); the version's tags carry the digest.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from medops.config.enums import StrEnum
 
@@ -49,6 +57,8 @@ class TriggerKind(StrEnum):
     DRIFT_DETECTED = "drift.detected"
     SCHEDULE = "schedule"
     RUN_REQUESTED = "run.requested"
+    CODE_CHANGED = "code.changed"  # the watched branch of the model repository moved
+    IMAGE_PUSHED = "image.pushed"  # an image was pushed to a container registry (ECR)
 
 
 class NotifyOn(StrEnum):
@@ -107,6 +117,53 @@ class ScheduleTrigger(_Strict):
         return self.name or (f"cron {self.cron}" if self.cron else f"every {self.every:g}s")
 
 
+# git check-ref-format's rules for a branch name, less the rare ones git itself reports
+_BAD_BRANCH = re.compile(r"(^[-/.])|(\.\.)|([\x00-\x20~^:?*\[\\\x7f])|(@\{)|(//)|([/.]$)"
+                         r"|(\.lock$)|(\.lock/)|(/\.)")
+# ECR's rule for repository names (namespaces separated by /)
+_ECR_REPOSITORY = re.compile(r"(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*")
+
+
+class CodeChangedTrigger(_Strict):
+    on: Literal[TriggerKind.CODE_CHANGED]
+    repo: str = Field(min_length=1)  # the model repository: relative to the project root
+    branch: str = "main"
+    # How often the branch head is read (a `git rev-parse`, a few milliseconds)
+    poll: Annotated[float, BeforeValidator(parse_duration), Field(gt=0.0)] = 1.0
+    # Quiet time after the newest commit before deciding: a series of pushes is one run
+    debounce: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _valid_branch(self) -> CodeChangedTrigger:
+        if _BAD_BRANCH.search(self.branch) or self.branch == "@":
+            raise ValueError(f"branch {self.branch!r} is not a valid git branch name; write it "
+                             "as `git branch` lists it, e.g. main")
+        if self.branch.startswith("refs/"):
+            raise ValueError(f"branch {self.branch!r}: write the branch name without refs/ "
+                             f"(e.g. {self.branch.removeprefix('refs/heads/')})")
+        return self
+
+
+class ImagePushedTrigger(_Strict):
+    on: Literal[TriggerKind.IMAGE_PUSHED]
+    repository: str  # the ECR repository name, e.g. medops/train (not the registry URI)
+    tag: str | None = None  # only pushes of this tag; None: any tag
+    debounce: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _valid_repository(self) -> ImagePushedTrigger:
+        if "amazonaws.com" in self.repository or ":" in self.repository:
+            raise ValueError(f"repository {self.repository!r} looks like an image URI; write "
+                             "the ECR repository name alone, e.g. medops/train (and the tag "
+                             "in `tag:`)")
+        if not (2 <= len(self.repository) <= 256
+                and _ECR_REPOSITORY.fullmatch(self.repository)):
+            raise ValueError(f"repository {self.repository!r} is not an ECR repository name "
+                             "(lowercase letters, digits, and . _ - / between them), e.g. "
+                             "medops/train")
+        return self
+
+
 def _check_cron(expr: str) -> None:
     try:
         from croniter import croniter
@@ -118,7 +175,8 @@ def _check_cron(expr: str) -> None:
 
 
 Trigger = Annotated[
-    DataArrivedTrigger | DriftTrigger | RunRequestedTrigger | ScheduleTrigger,
+    DataArrivedTrigger | DriftTrigger | RunRequestedTrigger | ScheduleTrigger
+    | CodeChangedTrigger | ImagePushedTrigger,
     Field(discriminator="on"),
 ]
 
@@ -131,7 +189,25 @@ def _yaml_on(value: Any) -> Any:
     return value
 
 
-Triggers = Annotated[list[Trigger], BeforeValidator(_yaml_on)]
+def _distinct(triggers: Sequence[Trigger]) -> Sequence[Trigger]:
+    # Two triggers on one branch or one repository would decide the same events twice.
+    seen: dict[tuple[str, ...], int] = {}
+    for i, t in enumerate(triggers):
+        key: tuple[str, ...] | None = None
+        if isinstance(t, CodeChangedTrigger):
+            key = (t.on, t.repo.rstrip("/"), t.branch)
+        elif isinstance(t, ImagePushedTrigger):
+            key = (t.on, t.repository, t.tag or "")
+        if key is None:
+            continue
+        if key in seen:
+            raise ValueError(f"triggers {seen[key]} and {i} are the same {t.on} trigger "
+                             f"({', '.join(key[1:]).rstrip(', ')}); keep one")
+        seen[key] = i
+    return triggers
+
+
+Triggers = Annotated[list[Trigger], BeforeValidator(_yaml_on), AfterValidator(_distinct)]
 
 
 def default_triggers() -> list[Trigger]:

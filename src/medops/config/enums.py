@@ -125,3 +125,5 @@ class EventKind(StrEnum):
     DRIFT_DETECTED = "drift.detected"
     MODEL_APPROVED = "model.approved"
     MODEL_DEPLOYED = "model.deployed"
+    CODE_CHANGED = "code.changed"  # the watched branch of the model repository moved
+    IMAGE_PUSHED = "image.pushed"  # a container image was pushed (ECR, through the SQS feed)

@@ -6,6 +6,8 @@ Each source has a name (its key under ``data.sources``) and a ``kind`` that pick
       sources:
         pacs: {kind: dicomweb, url: "http://pacs:8042/dicom-web", orthanc_changes: true}
         bucket: {kind: s3, uri: "s3://scans/chest/", endpoint_url: "http://minio:9000"}
+        cloud: {kind: sqs, queue_url: "https://sqs.eu-west-1.amazonaws.com/1111/medops-events",
+                s3: {uri: "s3://raw/incoming/"}, ecr: {repositories: [medops-train]}}
 """
 
 from __future__ import annotations
@@ -85,6 +87,53 @@ class HealthImagingSourceConfig(_Strict):
     label_tag: str | None = None
 
 
+class SqsHealthImagingConfig(_Strict):
+    """The HealthImaging datastore whose events the feed imports (others are refused)."""
+
+    datastore_id: str
+    region: str | None = None  # None: the feed's region
+    endpoint_url: str | None = None  # a local server in tests; None: AWS
+
+
+class SqsS3Config(_Strict):
+    """The bucket prefix whose ``Object Created`` events the feed imports (others are refused)."""
+
+    uri: str  # s3://bucket/prefix/
+    region: str | None = None  # None: the feed's region
+    endpoint_url: str | None = None  # MinIO or a local server; None: AWS
+    labels_from_folders: bool = True  # the first path part under the prefix is the label
+
+
+class SqsEcrConfig(_Strict):
+    """Which repositories' pushes become ``image.pushed`` events."""
+
+    repositories: list[str] = Field(default_factory=list)  # empty: any repository
+
+
+class SqsSourceConfig(_Strict):
+    """An SQS queue of EventBridge events (the queue ``medops export aws`` creates): HealthImaging
+    image sets and S3 objects are imported, ECR pushes become ``image.pushed`` events. A kind
+    left out (``healthimaging``, ``s3``, ``ecr`` unset) is refused like any malformed message."""
+
+    kind: Literal["sqs"]
+    queue_url: str
+    dead_letter_queue_url: str | None = None  # None: the queue's redrive policy moves refusals
+    region: str | None = None
+    endpoint_url: str | None = None  # a local SQS (tests, VPC endpoint); None: AWS
+    wait_s: int = Field(0, ge=0, le=20)  # SQS long polling per receive
+    visibility_s: int = Field(900, ge=1, le=43200)  # a batch stays hidden while ingested
+    healthimaging: SqsHealthImagingConfig | None = None
+    s3: SqsS3Config | None = None
+    ecr: SqsEcrConfig | None = None
+    remember: int = Field(10_000, ge=100, le=1_000_000)  # newest versions kept in the cursor
+
+    @field_validator("queue_url", "dead_letter_queue_url")
+    @classmethod
+    def _queue_urls(cls, v: str | None) -> str | None:
+        return None if v is None else check_http_url(
+            v, "https://sqs.eu-west-1.amazonaws.com/111122223333/medops-events")
+
+
 class XnatSourceConfig(_Strict):
     kind: Literal["xnat"]
     url: str
@@ -102,6 +151,6 @@ class XnatSourceConfig(_Strict):
 
 RemoteSourceConfig = Annotated[
     S3SourceConfig | DicomwebSourceConfig | DicomScpSourceConfig | HealthImagingSourceConfig
-    | XnatSourceConfig,
+    | SqsSourceConfig | XnatSourceConfig,
     Field(discriminator="kind"),
 ]

@@ -124,6 +124,7 @@ triggers:
   - {{on: data.arrived, min_new_items: 100, debounce: 1m}}
   - {{on: drift.detected}}   # min_new_items: N waits for N new labelled items as well
   # - {{on: schedule, cron: "0 3 1 * *"}}   # or every: 1d
+  # - {{on: code.changed, repo: ../model, branch: main}}   # a commit on the model repository
 agent:
   cooldown: 10m           # automatic triggers wait this long after a run ends
   watch: true             # import files landing in data.source as they arrive

@@ -11,6 +11,11 @@ cursor; only after every object of a poll is on disk and in the state store does
 ``data.arrived`` event (idempotency key: source and cursor) and then the new cursor. A crash at
 any point re-ingests from the old cursor without duplicate items or events.
 
+A feed of events (the SQS feed: ``PollResult.per_object``) is announced object by object
+instead, keyed by source, object and version, because a redelivered batch need not hold the same
+messages: an object whose event is stored is skipped without being fetched. Events a poll
+reports besides data (``image.pushed``) are stored, keyed, before the cursor.
+
 ``ingest_files`` is the same path for push sources (the C-STORE receiver): a batch of files,
 one ``data.arrived`` event keyed by what the batch contained.
 
@@ -46,6 +51,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAX_POLLS = 100_000  # a source that always says "more" without moving is a bug, not data
+_ANY_EVENT = 2**31 - 1  # the largest event id (an INTEGER column): keyed_events over all
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class IngestReport:
     skipped: Counter[str] = field(default_factory=Counter)  # by selection reason
     events: int = 0
     cursor: str | None = None
+    duplicates: int = 0  # objects skipped: announced by an earlier delivery
+    rejected: int = 0  # messages the source refused (see the source for where they went)
 
     def add(self, other: IngestReport) -> None:
         self.files += other.files
@@ -88,12 +96,14 @@ class IngestReport:
         self.changed += other.changed
         self.quarantined += other.quarantined
         self.skipped.update(other.skipped)
+        self.duplicates += other.duplicates
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "polls": self.polls, "files": self.files,
                 "items": self.items, "new": self.new, "changed": self.changed,
                 "quarantined": self.quarantined, "skipped": dict(self.skipped),
-                "events": self.events, "cursor": self.cursor}
+                "events": self.events, "duplicates": self.duplicates,
+                "rejected": self.rejected, "cursor": self.cursor}
 
 
 def ingest_files(files: Iterable[tuple[str, bytes]], source_name: str, state: StateStore,
@@ -118,28 +128,23 @@ def ingest_remote(source: RemoteSource, state: StateStore, landing_dir: Path,
         cursor = total.cursor
         result = source.poll(cursor)
         total.polls += 1
-        report = IngestReport(source=source.name)
-        items: list[Item] = []
-        try:
-            for obj in result.objects:
-                try:
-                    batch, batch_items = _ingest_batch(source.fetch(obj), source.name,
-                                                       landing_dir, settings, obj.label)
-                except (UnreadableImageError, UnsupportedImageError) as exc:
-                    # one broken object (a frame that does not decode) must not hold the
-                    # cursor back forever: quarantine it whole and go on
-                    batch, batch_items = IngestReport(source=source.name), [
-                        _broken_object(source.name, obj, exc)]
-                report.add(batch)
-                items += batch_items
-        finally:
-            # What was fetched before a failure is on disk: index it, but keep the old cursor.
-            _store(state, items, report)
+        total.rejected += result.rejected
+        if result.per_object:
+            report = _ingest_each(source, result.objects, state, landing_dir, settings)
             total.add(report)
+            total.events += report.events
+            items: list[Item] = []
+        else:
+            report, items = _ingest_objects(source, result.objects, state, landing_dir,
+                                            settings, total)
+        for note in result.announcements:  # before the cursor: a crash re-announces, keyed
+            if state.add_event(note.kind, note.payload, note.key):
+                total.events += 1
         moved = result.cursor is not None and result.cursor != cursor
         if moved:
-            if state.add_event(EventKind.DATA_ARRIVED, _payload(report),
-                               _key(source.name, "cursor", result.cursor or "")):
+            if not result.per_object and state.add_event(
+                    EventKind.DATA_ARRIVED, _payload(report),
+                    _key(source.name, "cursor", result.cursor or "")):
                 total.events += 1
             state.set_cursor(source.name, result.cursor or "")
             total.cursor = result.cursor
@@ -153,9 +158,58 @@ def ingest_remote(source: RemoteSource, state: StateStore, landing_dir: Path,
         if not moved:
             raise DataError(f"source {source.name!r} says it has more but did not move its "
                             "cursor; stopping rather than polling forever")
-    log.info("ingested %s: %d item(s), %d new, %d quarantined, %d skipped by selection",
-             source.name, total.items, total.new, total.quarantined, sum(total.skipped.values()))
+    busy = total.items or total.events or total.duplicates or total.rejected
+    log.log(logging.INFO if busy else logging.DEBUG,
+            "ingested %s: %d item(s), %d new, %d quarantined, %d skipped by selection, "
+            "%d already ingested, %d message(s) rejected", source.name, total.items,
+            total.new, total.quarantined, sum(total.skipped.values()), total.duplicates,
+            total.rejected)
     return total
+
+
+def _ingest_objects(source: RemoteSource, objects: list[RemoteObject], state: StateStore,
+                    landing_dir: Path, settings: IngestSettings,
+                    total: IngestReport) -> tuple[IngestReport, list[Item]]:
+    report = IngestReport(source=source.name)
+    items: list[Item] = []
+    try:
+        for obj in objects:
+            batch, batch_items = _fetch_object(source, obj, landing_dir, settings)
+            report.add(batch)
+            items += batch_items
+    finally:
+        # What was fetched before a failure is on disk: index it, but keep the old cursor.
+        _store(state, items, report)
+        total.add(report)
+    return report, items
+
+
+def _ingest_each(source: RemoteSource, objects: list[RemoteObject], state: StateStore,
+                 landing_dir: Path, settings: IngestSettings) -> IngestReport:
+    """Objects announced one by one (``PollResult.per_object``): the stored event is the
+    record that an object was ingested, so a redelivered one is not fetched again."""
+    report = IngestReport(source=source.name)
+    for obj in objects:
+        key = _key(source.name, "object", f"{obj.key}\0{obj.version}")
+        if state.keyed_events(key, _ANY_EVENT):
+            report.duplicates += 1
+            continue
+        batch, items = _fetch_object(source, obj, landing_dir, settings)
+        _store(state, items, batch)
+        if state.add_event(EventKind.DATA_ARRIVED, _payload(batch), key):
+            report.events += 1
+        report.add(batch)
+    return report
+
+
+def _fetch_object(source: RemoteSource, obj: RemoteObject, landing_dir: Path,
+                  settings: IngestSettings) -> tuple[IngestReport, list[Item]]:
+    try:
+        return _ingest_batch(source.fetch(obj), source.name, landing_dir, settings, obj.label)
+    except (UnreadableImageError, UnsupportedImageError) as exc:
+        # one broken object (a frame that does not decode) must not hold the cursor back
+        # forever: quarantine it whole and go on
+        return IngestReport(source=source.name), [_broken_object(source.name, obj, exc)]
 
 
 def _broken_object(source_name: str, obj: RemoteObject, exc: DataError) -> Item:

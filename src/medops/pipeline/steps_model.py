@@ -17,7 +17,7 @@ from medops.evaluate import task_evaluation
 from medops.monitor.baseline import BASELINE_FILE, Baseline, ReferenceSplit, build_baseline
 from medops.pipeline.context import RunContext
 from medops.pipeline.gate import check_gate_finding, decide, gate_metric_name
-from medops.pipeline.lineage import lineage
+from medops.pipeline.lineage import lineage, trigger_lineage
 from medops.pipeline.steps_data import dataset_folder, manifest_tasks, run_profile
 from medops.preprocess import PreprocessCache, PreprocessProfile, load_arrays, preprocess_items
 from medops.registry import CANDIDATE, CHAMPION, ModelLifecycle, package_model
@@ -296,8 +296,12 @@ def register(ctx: RunContext) -> dict[str, Any]:
     profile = run_profile(ctx)
     package = ctx.run_dir / "model"
     shutil.rmtree(package, ignore_errors=True)
+    # the project's and medops' commits, and the model repository's commit or the image
+    # digest that started the run
+    origin = {**lineage(ctx.ws.root), **trigger_lineage(ctx.ws.state, ctx.run_id,
+                                                        ctx.config.triggers, ctx.ws.root)}
     meta = {"dataset_version": dataset, "run_id": ctx.run_id,
-            "metrics": ctx.out("evaluate", "metrics"), **lineage(ctx.ws.root)}
+            "metrics": ctx.out("evaluate", "metrics"), **origin}
     thresholds = ctx.outputs["evaluate"].get("thresholds")  # a multi-label model's
     if thresholds:
         meta["thresholds"] = thresholds
@@ -315,14 +319,15 @@ def register(ctx: RunContext) -> dict[str, Any]:
     metric_tags = {k: f"{v:.4f}" for k, v in ctx.out("evaluate", "metrics").items()
                    if v is not None and (k in _TAGGED_METRICS
                                          or k == f"test_{verdict['metric']}")}
-    tags = {"dataset_version": dataset, "git_commit": lineage(ctx.ws.root)["git_commit"],
+    tags = {"dataset_version": dataset, "git_commit": origin["git_commit"],
             "gate": "passed", "gate_metric": verdict["metric"],
             "approval": "pending", "medops_run_id": ctx.run_id,
-            "preprocess_profile": profile.fingerprint(), **metric_tags}
+            "preprocess_profile": profile.fingerprint(), **metric_tags,
+            **{k: v for k, v in origin.items() if k.startswith(("code_", "image_"))}}
     version = ctx.ws.registry.register(mlrun, f"{ctx.ws.tracker.artifact_uri(mlrun)}/model",
                                        tags, alias=CANDIDATE)
     card = build_card(ctx.config, ctx.outputs, name=name, version=version.version,
-                      run_id=ctx.run_id, mlflow_run_id=mlrun, lineage=lineage(ctx.ws.root))
+                      run_id=ctx.run_id, mlflow_run_id=mlrun, lineage=origin)
     ctx.ws.tracker.log_artifact(mlrun, card.write(ctx.run_dir / CARD_DIR), CARD_DIR)
     ctx.ws.registry.set_tags(version.version, {"model_card": f"{CARD_DIR}/{CARD_JSON}",
                                                "weights_sha256": card.weights_sha256 or "-"})

@@ -172,7 +172,8 @@ def derived_limitations(counts: Mapping[str, Mapping[str, int]],
         out.append(f"trained and tested on {total} images of one dataset version; "
                    "performance on other sites, scanners or populations is unknown")
     commit = lineage.get("git_commit", "unknown")
-    if commit == "unknown":
+    # a run of a watched model repository is named by that repository's commit
+    if commit == "unknown" and not lineage.get("code_commit"):
         out.append("the project is not a git repository: the code that trained it cannot be "
                    "named by a commit")
     elif commit.endswith("+dirty"):

@@ -22,7 +22,6 @@ import pytest
 pytest.importorskip("boto3")
 
 import pydicom
-from pydicom.encaps import generate_frames
 
 from medops.config.sources import HealthImagingSourceConfig
 from medops.data.sources.factory import make_remote_source
@@ -36,6 +35,7 @@ from medops.data.sources.healthimaging import (
 )
 from medops.data.sources.remote import RemoteObject
 from medops.errors import ConfigError, DataError, UnreadableImageError
+from tests.servers.cloud_events import stored_image
 from tests.servers.healthimaging import FakeHealthImaging, running_healthimaging
 
 pytestmark = pytest.mark.usefixtures("aws_credentials")
@@ -74,16 +74,6 @@ def _source(endpoint: str, **extra: Any) -> HealthImagingSource:
     return source
 
 
-def _stored(path: Path) -> tuple[pydicom.Dataset, list[bytes], str]:
-    """A file as HealthImaging holds it: header, frames as encoded, the stored syntax."""
-    ds = pydicom.dcmread(path)
-    n = int(ds.get("NumberOfFrames", 1))
-    frames = list(generate_frames(ds.PixelData, number_of_frames=n))
-    syntax = str(ds.file_meta.TransferSyntaxUID)
-    del ds.PixelData
-    return ds, frames, syntax
-
-
 def _htj2k_encoded(path: Path) -> tuple[pydicom.Dataset, list[bytes], str]:
     """An uncompressed file's frames encoded losslessly with imagecodecs (OpenJPH)."""
     imagecodecs = pytest.importorskip("imagecodecs")
@@ -117,7 +107,7 @@ def test_real_htj2k_image_sets_decode_to_the_uncompressed_pixels(
     assert len(pairs) >= 10
     source = _source(endpoint)
     for htj2k, reference in pairs:
-        image_set = fake.add_image_set(DATASTORE, [_stored(htj2k)])
+        image_set = fake.add_image_set(DATASTORE, [stored_image(htj2k)])
         [rebuilt] = _fetched(source, image_set)
         expected = pydicom.dcmread(reference)
         assert rebuilt.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
@@ -151,7 +141,7 @@ def test_a_syntax_kept_in_its_original_encoding_is_decoded_by_that_syntax(
 
     endpoint, fake = server
     path = pydicom_file("SC_rgb_jpeg_dcmtk.dcm")  # JPEG baseline, YBR_FULL_422
-    header, frames, syntax = _stored(path)
+    header, frames, syntax = stored_image(path)
     assert syntax == "1.2.840.10008.1.2.4.50"
     image_set = fake.add_image_set(DATASTORE, [(header, frames, syntax)])
     [rebuilt] = _fetched(_source(endpoint), image_set)
@@ -163,7 +153,7 @@ def test_a_syntax_kept_in_its_original_encoding_is_decoded_by_that_syntax(
 def test_a_frame_that_does_not_decode_is_refused_with_the_image_set(
         server: tuple[str, FakeHealthImaging], shared_data: Path) -> None:
     endpoint, fake = server
-    header, frames, syntax = _stored(shared_data / "dicom" / "htj2k" / "CT1_JPH.dcm")
+    header, frames, syntax = stored_image(shared_data / "dicom" / "htj2k" / "CT1_JPH.dcm")
     image_set = fake.add_image_set(DATASTORE, [(header, [frames[0][: len(frames[0]) // 3]],
                                                 syntax)])
     with pytest.raises(UnreadableImageError, match=image_set):
@@ -174,7 +164,7 @@ def test_metadata_attributes_reach_the_dataset(server: tuple[str, FakeHealthImag
                                                shared_data: Path) -> None:
     endpoint, fake = server
     path = shared_data / "dicom" / "htj2k" / "MR1_JPH.dcm"
-    image_set = fake.add_image_set(DATASTORE, [_stored(path)])
+    image_set = fake.add_image_set(DATASTORE, [stored_image(path)])
     [rebuilt] = _fetched(_source(endpoint), image_set)
     original = pydicom.dcmread(path, stop_before_pixels=True)
     for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
@@ -224,7 +214,7 @@ def test_malformed_events_are_refused(bad: Any) -> None:
 def test_events_given_as_json_poll_their_image_sets(server: tuple[str, FakeHealthImaging],
                                                     shared_data: Path) -> None:
     endpoint, fake = server
-    image_set = fake.add_image_set(DATASTORE, [_stored(shared_data / "dicom" / "htj2k"
+    image_set = fake.add_image_set(DATASTORE, [stored_image(shared_data / "dicom" / "htj2k"
                                                        / "CT2_JPH.dcm")])
     source = _source(endpoint).for_events([_image_set_event(image_set, version="2"),
                                            _image_set_event("x", "Image Set Deleted")])
@@ -241,7 +231,7 @@ def test_import_job_completed_finds_the_image_sets_of_the_job(
     endpoint, fake = server
     datastore = uuid.uuid4().hex  # its own datastore: only this job's image sets are in it
     submitted = datetime.now(timezone.utc) - timedelta(seconds=1)
-    ids = [fake.add_image_set(datastore, [_stored(shared_data / "dicom" / "htj2k" / n)])
+    ids = [fake.add_image_set(datastore, [stored_image(shared_data / "dicom" / "htj2k" / n)])
            for n in ("CT1_JPH.dcm", "MR3_JPH.dcm")]
     fake.jobs["job1"] = ImportJob("job1", submitted, datetime.now(timezone.utc))
     cfg = HealthImagingSourceConfig(kind="healthimaging", datastore_id=datastore,
@@ -257,7 +247,7 @@ def test_import_job_completed_finds_the_image_sets_of_the_job(
 def test_uri_trigger_polls_one_image_set(server: tuple[str, FakeHealthImaging],
                                          shared_data: Path) -> None:
     endpoint, fake = server
-    image_set = fake.add_image_set(DATASTORE, [_stored(shared_data / "dicom" / "htj2k"
+    image_set = fake.add_image_set(DATASTORE, [stored_image(shared_data / "dicom" / "htj2k"
                                                        / "NM1_JPH.dcm")])
     fake.touch(DATASTORE, image_set)
     source = source_for_uri(f"healthimaging://{DATASTORE}/{image_set}"
@@ -299,7 +289,7 @@ def test_search_poll_returns_what_changed_since_the_cursor(
     cfg = HealthImagingSourceConfig(kind="healthimaging", datastore_id=datastore,
                                     region="us-west-2", endpoint_url=endpoint)
     source = HealthImagingSource("ahi", cfg)
-    first = [fake.add_image_set(datastore, [_stored(shared_data / "dicom" / "htj2k" / n)])
+    first = [fake.add_image_set(datastore, [stored_image(shared_data / "dicom" / "htj2k" / n)])
              for n in ("CT1_JPH.dcm", "CT2_JPH.dcm")]
     result = source.poll(None)
     assert sorted(o.key for o in result.objects) == sorted(first)
@@ -333,7 +323,7 @@ def test_sqs_events_are_deleted_only_after_the_next_poll(
         shared_data: Path) -> None:
     endpoint, fake = server
     sqs, url = queue
-    image_set = fake.add_image_set(DATASTORE, [_stored(shared_data / "dicom" / "htj2k"
+    image_set = fake.add_image_set(DATASTORE, [stored_image(shared_data / "dicom" / "htj2k"
                                                        / "MR4_JPH.dcm")])
     other = _image_set_event("elsewhere")
     other["detail"]["datastoreId"] = "another"
@@ -394,7 +384,7 @@ def test_ingest_remote_lands_deidentified_instances_with_the_reference_pixels(
     names = ["CT1", "MR1"]
     for name in names:
         image_set = fake.add_image_set(
-            DATASTORE, [_stored(shared_data / "dicom" / "htj2k" / f"{name}_JPH.dcm")])
+            DATASTORE, [stored_image(shared_data / "dicom" / "htj2k" / f"{name}_JPH.dcm")])
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps(_image_set_event(image_set)))
     settings = IngestSettings.from_config(parse_config({"project": "p"}).data,
                                           b"healthimaging-test-secret-0123")
@@ -426,11 +416,11 @@ def test_an_image_set_that_does_not_decode_is_quarantined_and_the_rest_goes_on(
     from medops.storage import ItemStatus, StateStore
 
     endpoint, fake = server
-    header, frames, syntax = _stored(shared_data / "dicom" / "htj2k" / "CT1_JPH.dcm")
+    header, frames, syntax = stored_image(shared_data / "dicom" / "htj2k" / "CT1_JPH.dcm")
     broken = fake.add_image_set(DATASTORE, [(header, [frames[0][: len(frames[0]) // 3]],
                                              syntax)])
     good = fake.add_image_set(
-        DATASTORE, [_stored(shared_data / "dicom" / "htj2k" / "MR1_JPH.dcm")])
+        DATASTORE, [stored_image(shared_data / "dicom" / "htj2k" / "MR1_JPH.dcm")])
     settings = IngestSettings.from_config(parse_config({"project": "p"}).data,
                                           b"healthimaging-test-secret-0123")
     state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")

@@ -18,12 +18,9 @@ Both cursors are opaque to the ingester and stored only once the objects of a po
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import logging
 import os
-import zlib
 from collections.abc import Callable, Iterator
 from io import BytesIO
 from typing import Any, TypeVar
@@ -36,7 +33,7 @@ from medops.data.sources.dicom_filters import (
     matches,
     tag_hex,
 )
-from medops.data.sources.remote import PollResult, RemoteObject
+from medops.data.sources.remote import PollResult, RemoteObject, pack_cursor, unpack_cursor
 from medops.errors import ConfigError, DataError, DependencyMissingError
 
 T = TypeVar("T")
@@ -277,19 +274,12 @@ def _uid_hash(uid: str) -> str:
 
 
 def _encode_qido(offset: int, seen: set[str]) -> str:
-    raw = json.dumps({"offset": offset, "seen": sorted(seen)}, separators=(",", ":")).encode()
-    return _QIDO_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 6)).decode()
+    return pack_cursor(_QIDO_PREFIX, {"offset": offset, "seen": sorted(seen)})
 
 
 def _decode_qido(cursor: str | None, where: str) -> tuple[int, set[str]]:
     if not cursor:
         return 0, set()
-    fix = "fix: reset the source's cursor to search from the start"
-    if not cursor.startswith(_QIDO_PREFIX):
-        raise DataError(f"{where}: the stored cursor is not a QIDO-RS cursor (was "
-                        f"orthanc_changes switched off?); {fix}")
-    try:
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(cursor[len(_QIDO_PREFIX):])))
-        return int(data["offset"]), set(data["seen"])
-    except (ValueError, KeyError, TypeError, zlib.error) as exc:
-        raise DataError(f"{where}: the stored cursor is corrupt ({exc}); {fix}") from exc
+    return unpack_cursor(cursor, _QIDO_PREFIX, lambda d: (int(d["offset"]), set(d["seen"])),
+                         where, "a QIDO-RS cursor (was orthanc_changes switched off?)",
+                         "fix: reset the source's cursor to search from the start")

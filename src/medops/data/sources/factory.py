@@ -13,6 +13,7 @@ _BACKENDS = {
     "s3": "medops.data.sources.s3:S3Source",
     "dicomweb": "medops.data.sources.dicomweb:DicomwebSource",
     "healthimaging": "medops.data.sources.healthimaging:HealthImagingSource",
+    "sqs": "medops.data.sources.sqs:SqsEventFeed",
     "xnat": "medops.data.sources.xnat:XnatSource",
 }
 

@@ -10,6 +10,8 @@ What is new comes from one of three places:
   this also holds across processes. A crash before the cursor is stored leaves the messages in
   the queue; they come back after the visibility timeout and are ingested again (the ingester
   skips an image set whose version it already holds).
+  A queue that also carries S3 and ECR events is read by the ``sqs`` feed
+  (:mod:`medops.data.sources.sqs`), which parses and fetches through this module.
 * **Events given as JSON**: :func:`load_events` reads a file, :meth:`HealthImagingSource.
   for_events` polls what they name, :func:`parse_eventbridge_event` parses one event.
 * **A manual trigger**: ``healthimaging://DATASTORE/IMAGESET`` (:func:`config_for_uri`,
@@ -39,16 +41,16 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from medops.config.sources import HealthImagingSourceConfig
+from medops.data.sources.eventbridge import Envelope, parse_envelope
 from medops.data.sources.remote import PollResult, RemoteObject
-from medops.errors import ConfigError, DataError, DependencyMissingError
+from medops.data.sources.sqs_queue import EventQueue, aws_call, make_client
+from medops.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 EVENT_SOURCE = "aws.medical-imaging"
 _CURSOR_SQS = "sqs:"
 _CURSOR_TIME = "search:"
-_ATTEMPTS = 3
-_RECEIVES_PER_POLL = 10  # x 10 messages: at most 100 receipt handles in one cursor
 _SEARCH_PAGE = 50
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SLACK = timedelta(seconds=2)  # the search filter's precision, with a margin
@@ -78,25 +80,20 @@ def parse_eventbridge_event(event: dict[str, Any] | str | bytes) -> HealthImagin
     None for a HealthImaging event that brings nothing to fetch (Image Set Deleting, Import
     Job Submitted, ...); DataError for anything that is not a HealthImaging event.
     """
-    if isinstance(event, (str, bytes)):
-        try:
-            event = json.loads(event)
-        except ValueError as exc:
-            raise DataError(f"the event is not JSON ({exc}); expected an EventBridge event "
-                            f"with source {EVENT_SOURCE!r}") from exc
-    if not isinstance(event, dict):
-        raise DataError(f"the event is a JSON {type(event).__name__}, not an object")
-    if event.get("Type") == "Notification" and "Message" in event:  # SNS fan-out envelope
-        return parse_eventbridge_event(str(event["Message"]))
-    if event.get("source") != EVENT_SOURCE:
-        raise DataError(f"the event's source is {event.get('source')!r}, not {EVENT_SOURCE!r}; "
+    return parse_healthimaging(parse_envelope(event, strict=False))
+
+
+def parse_healthimaging(env: Envelope) -> HealthImagingEvent | None:
+    """The HealthImaging event of an EventBridge envelope (see :func:`parse_eventbridge_event`)."""
+    if env.source != EVENT_SOURCE:
+        raise DataError(f"the event's source is {env.source!r}, not {EVENT_SOURCE!r}; "
                         "fix: route only HealthImaging events to this queue")
     try:
-        kind = EventKind(event.get("detail-type"))
+        kind = EventKind(env.detail_type)
     except ValueError:
         return None
-    detail = event.get("detail")
-    if not isinstance(detail, dict) or not detail.get("datastoreId"):
+    detail = env.detail
+    if not detail.get("datastoreId"):
         raise DataError(f"the {kind.value!r} event has no detail.datastoreId")
     datastore = str(detail["datastoreId"])
     if kind is EventKind.IMPORT_JOB_COMPLETED:
@@ -168,8 +165,13 @@ class HealthImagingSource:
         self._events = events
         where = f"data.sources.{name} (HealthImaging datastore {cfg.datastore_id}"
         self._where = where + (f" at {cfg.endpoint_url})" if cfg.endpoint_url else ")")
-        self._client = _make_client("medical-imaging", cfg)
-        self._sqs = _make_client("sqs", cfg) if cfg.sqs_queue_url and events is None else None
+        what = f"the HealthImaging source of datastore {cfg.datastore_id}"
+        self._client = make_client("medical-imaging", cfg.endpoint_url, cfg.region, what)
+        self._queue = None
+        if cfg.sqs_queue_url and events is None:
+            self._queue = EventQueue(make_client("sqs", cfg.sqs_endpoint_url, cfg.region, what),
+                                     cfg.sqs_queue_url, self._where, wait_s=cfg.sqs_wait_s,
+                                     visibility_s=cfg.sqs_visibility_s)
 
     def for_events(self, events: list[dict[str, Any]]) -> HealthImagingSource:
         """The same datastore, polling exactly the image sets these events name."""
@@ -182,8 +184,8 @@ class HealthImagingSource:
         if self._pinned:
             return PollResult([self._pinned_object(i) for i in self._pinned], cursor)
         if self._events is not None:
-            return PollResult(self._objects_for(self._events), cursor)
-        if self._sqs is not None:
+            return PollResult(self.objects_for(self._events), cursor)
+        if self._queue is not None:
             return self._poll_queue(cursor)
         return self._poll_search(cursor)
 
@@ -202,26 +204,15 @@ class HealthImagingSource:
 
     # -- polling ---------------------------------------------------------------------------
     def _poll_queue(self, cursor: str | None) -> PollResult:
-        assert self._sqs is not None and self.cfg.sqs_queue_url
+        assert self._queue is not None
         if cursor and not cursor.startswith(_CURSOR_SQS):
             raise DataError(f"{self._where}: the stored cursor is not a queue cursor; fix: "
                             "reset the source's cursor")
-        self._delete(json.loads(cursor[len(_CURSOR_SQS):]) if cursor else [])
-        handles: list[str] = []
-        events: list[HealthImagingEvent] = []
-        more = False
-        for _ in range(_RECEIVES_PER_POLL):
-            answer = self._call(self._sqs, "receive_message", QueueUrl=self.cfg.sqs_queue_url,
-                                MaxNumberOfMessages=10, WaitTimeSeconds=self.cfg.sqs_wait_s,
-                                VisibilityTimeout=self.cfg.sqs_visibility_s)
-            messages = answer.get("Messages", [])
-            for message in messages:
-                handles.append(message["ReceiptHandle"])
-                events.extend(self._message_events(message))
-            more = len(messages) == 10
-            if not messages:
-                break
-        return PollResult(self._objects_for(events), _CURSOR_SQS + json.dumps(handles),
+        self._queue.delete(json.loads(cursor[len(_CURSOR_SQS):]) if cursor else [])
+        messages, more = self._queue.receive()
+        events = [e for m in messages for e in self._message_events(m)]
+        handles = [m["ReceiptHandle"] for m in messages]
+        return PollResult(self.objects_for(events), _CURSOR_SQS + json.dumps(handles),
                           more=more)
 
     def _message_events(self, message: dict[str, Any]) -> list[HealthImagingEvent]:
@@ -237,18 +228,6 @@ class HealthImagingSource:
             log.info("%s: event for datastore %s ignored", self._where, event.datastore_id)
             return []
         return [event]
-
-    def _delete(self, handles: list[str]) -> None:
-        assert self._sqs is not None
-        for start in range(0, len(handles), 10):
-            entries = [{"Id": str(i), "ReceiptHandle": h}
-                       for i, h in enumerate(handles[start:start + 10])]
-            answer = self._call(self._sqs, "delete_message_batch",
-                                QueueUrl=self.cfg.sqs_queue_url, Entries=entries)
-            for failed in answer.get("Failed", []):
-                # An expired handle: the message was redelivered and is in a later batch.
-                log.info("%s: delete failed (%s); it will be seen again", self._where,
-                         failed.get("Code"))
 
     def _poll_search(self, cursor: str | None) -> PollResult:
         """Image sets updated since the cursor. The cursor keeps the newest ``updatedAt`` seen
@@ -296,7 +275,9 @@ class HealthImagingSource:
             if len(found) >= limit:
                 return found, True
 
-    def _objects_for(self, events: list[HealthImagingEvent]) -> list[RemoteObject]:
+    def objects_for(self, events: list[HealthImagingEvent]) -> list[RemoteObject]:
+        """The image sets ``events`` name (an import job's found by searching its window), one
+        object per image set at the newest version named."""
         by_id: dict[str, RemoteObject] = {}
         for event in events:
             if event.import_job_id is not None:
@@ -340,29 +321,7 @@ class HealthImagingSource:
         return _read(answer["imageFrameBlob"])
 
     def _call(self, client: Any, operation: str, **kwargs: Any) -> dict[str, Any]:
-        from botocore import exceptions as bex
-
-        try:
-            result: dict[str, Any] = getattr(client, operation)(**kwargs)
-            return result
-        except bex.NoCredentialsError as exc:
-            raise ConfigError(f"{self._where}: no AWS credentials found; fix: set "
-                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
-                              ) from exc
-        except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
-                bex.ConnectionClosedError) as exc:
-            raise DataError(f"{self._where}: cannot reach the service after {_ATTEMPTS} "
-                            f"attempts ({type(exc).__name__}); fix: check region/endpoint_url"
-                            ) from exc
-        except bex.ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if code in {"AccessDeniedException", "UnrecognizedClientException"} or status == 403:
-                raise ConfigError(f"{self._where}: {operation} was refused ({code or status});"
-                                  " fix: use credentials allowed to read the datastore") from exc
-            raise DataError(f"{self._where}: {operation} failed: {code or status} "
-                            f"{err.get('Message', '')}".rstrip()) from exc
+        return aws_call(client, operation, self._where, "read the datastore", **kwargs)
 
 
 def _read(body: Any) -> bytes:
@@ -371,26 +330,3 @@ def _read(body: Any) -> bytes:
         return data
     finally:
         body.close()
-
-
-def _make_client(service: str, cfg: HealthImagingSourceConfig) -> Any:
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError as exc:
-        raise DependencyMissingError("boto3", "aws", "the HealthImaging source") from exc
-    options: dict[str, Any] = {"retries": {"max_attempts": _ATTEMPTS, "mode": "standard"},
-                               "connect_timeout": 5, "read_timeout": 60}
-    endpoint = cfg.endpoint_url if service == "medical-imaging" else cfg.sqs_endpoint_url
-    if endpoint:
-        # botocore prefixes the host with "runtime-" for the frame and metadata calls, which
-        # no local server or VPC endpoint answers to.
-        options["inject_host_prefix"] = False
-    from botocore.exceptions import NoRegionError
-
-    try:
-        return boto3.session.Session().client(service, endpoint_url=endpoint,
-                                              region_name=cfg.region, config=Config(**options))
-    except NoRegionError as exc:
-        raise ConfigError(f"the HealthImaging source of datastore {cfg.datastore_id} has no AWS "
-                          "region; fix: set its region (or AWS_DEFAULT_REGION)") from exc

@@ -8,9 +8,16 @@ writes, items, the cursor's storage and the ``data.arrived`` event) is the inges
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import json
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+from medops.errors import DataError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -23,11 +30,27 @@ class RemoteObject:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """An event a source reports besides data (an image pushed to a registry); the ingester
+    stores it under its idempotency key before it stores the cursor."""
+
+    kind: str
+    payload: dict[str, Any]
+    key: str
+
+
 @dataclass
 class PollResult:
     objects: list[RemoteObject]
     cursor: str | None  # opaque; stored only after every object above has been ingested
     more: bool = False  # the source holds more past this cursor: poll again
+    announcements: list[Announcement] = field(default_factory=list)
+    rejected: int = 0  # messages the source refused (dead-lettered); counted in the report
+    # Each object is announced by its own data.arrived event keyed by (source, key, version)
+    # and skipped when that event is already stored, instead of one event per cursor: for
+    # feeds of events, whose batches differ from one delivery to the next.
+    per_object: bool = False
 
 
 class RemoteSource(Protocol):
@@ -41,3 +64,22 @@ class RemoteSource(Protocol):
         """The files of ``obj`` as (file name, bytes): DICOM, PNG or JPEG; several for an
         image set or a scan."""
         ...
+
+
+def pack_cursor(prefix: str, data: Any, sort_keys: bool = False) -> str:
+    """``data`` as a cursor: zlib-compressed JSON in URL-safe base64 after ``prefix``, which
+    tells one kind of cursor from another (a source switched to another mode, say)."""
+    raw = json.dumps(data, separators=(",", ":"), sort_keys=sort_keys).encode()
+    return prefix + base64.urlsafe_b64encode(zlib.compress(raw, 6)).decode()
+
+
+def unpack_cursor(cursor: str, prefix: str, convert: Callable[[Any], T], where: str,
+                  kind: str, fix: str) -> T:
+    """``convert`` of what :func:`pack_cursor` packed; a DataError saying ``where``, that the
+    cursor is not ``kind`` or is corrupt, and ``fix``."""
+    if not cursor.startswith(prefix):
+        raise DataError(f"{where}: the stored cursor is not {kind}; {fix}")
+    try:
+        return convert(json.loads(zlib.decompress(base64.urlsafe_b64decode(cursor[len(prefix):]))))
+    except (ValueError, KeyError, TypeError, AttributeError, zlib.error) as exc:
+        raise DataError(f"{where}: the stored cursor is corrupt ({exc}); {fix}") from exc

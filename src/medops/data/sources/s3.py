@@ -15,17 +15,14 @@ keys), opaque to the ingester.
 
 from __future__ import annotations
 
-import base64
 import bisect
-import json
 import logging
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from medops.config.sources import S3SourceConfig
-from medops.data.sources.remote import PollResult, RemoteObject
+from medops.data.sources.remote import PollResult, RemoteObject, pack_cursor, unpack_cursor
 from medops.errors import ConfigError, DataError, DependencyMissingError
 
 log = logging.getLogger(__name__)
@@ -46,23 +43,17 @@ class _Cursor:
     etags: dict[str, str] = field(default_factory=dict)  # relative key -> ETag
 
     def encode(self) -> str:
-        raw = json.dumps({"after": self.after, "etags": self.etags}, separators=(",", ":"),
-                         sort_keys=True).encode()
-        return _CURSOR_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 6)).decode()
+        return pack_cursor(_CURSOR_PREFIX, {"after": self.after, "etags": self.etags},
+                           sort_keys=True)
 
     @classmethod
     def decode(cls, text: str | None, where: str) -> _Cursor:
         if not text:
             return cls()
-        if not text.startswith(_CURSOR_PREFIX):
-            raise DataError(f"{where}: the stored cursor is not an S3 cursor; fix: reset the "
-                            f"source's cursor to list the prefix from the start")
-        try:
-            data = json.loads(zlib.decompress(base64.urlsafe_b64decode(text[len(_CURSOR_PREFIX):])))
-            return cls(after=str(data["after"]), etags=dict(data["etags"]))
-        except (ValueError, KeyError, TypeError, zlib.error) as exc:
-            raise DataError(f"{where}: the stored cursor is corrupt ({exc}); fix: reset the "
-                            f"source's cursor to list the prefix from the start") from exc
+        return unpack_cursor(text, _CURSOR_PREFIX,
+                             lambda d: cls(after=str(d["after"]), etags=dict(d["etags"])),
+                             where, "an S3 cursor", "fix: reset the source's cursor to list "
+                             "the prefix from the start")
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -123,10 +114,11 @@ class S3Source:
                 return PollResult(objects, state.encode(), more=True)
 
     def fetch(self, obj: RemoteObject) -> Iterator[tuple[str, bytes]]:
-        """The object's bytes; nothing when it was deleted after it was listed (the next
-        pass forgets it)."""
+        """The object's bytes (the version ``meta["version_id"]`` names, if any); nothing
+        when it was deleted after it was listed (the next pass forgets it)."""
+        version = {"VersionId": obj.meta["version_id"]} if obj.meta.get("version_id") else {}
         try:
-            body = self._call("get_object", Bucket=self.bucket, Key=obj.key)
+            body = self._call("get_object", Bucket=self.bucket, Key=obj.key, **version)
         except _VanishedError:
             log.info("%s: an object listed was deleted before it was fetched", self._where)
             return
@@ -136,14 +128,25 @@ class S3Source:
             body["Body"].close()
         yield obj.key.rsplit("/", 1)[-1], data
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _object(self, key: str, rel: str, etag: str, entry: dict[str, Any]) -> RemoteObject:
+    def object_for(self, key: str, version: str,
+                   meta: dict[str, Any] | None = None) -> RemoteObject | None:
+        """The object at ``key`` (a full key) as a poll would return it; None when the key is
+        not under the prefix or is a folder marker."""
+        rel = key[len(self.prefix):]
+        if not key.startswith(self.prefix) or not rel or rel.endswith("/"):
+            return None
         parts = rel.split("/")
         label = parts[0] if self.cfg.labels_from_folders and len(parts) > 1 else None
+        return RemoteObject(key=key, version=version, label=label,
+                            meta={"uri": f"s3://{self.bucket}/{key}", **(meta or {})})
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _object(self, key: str, rel: str, etag: str, entry: dict[str, Any]) -> RemoteObject:
         modified = entry.get("LastModified")
-        return RemoteObject(key=key, version=etag, label=label,
-                            meta={"uri": f"s3://{self.bucket}/{key}", "size": entry.get("Size"),
-                                  "last_modified": modified.isoformat() if modified else None})
+        obj = self.object_for(key, etag, {"size": entry.get("Size"), "last_modified":
+                                          modified.isoformat() if modified else None})
+        assert obj is not None  # poll skips folder markers and lists only under the prefix
+        return obj
 
     def _list_page(self, after: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix,

@@ -14,20 +14,17 @@ anonymous (guest).
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import logging
 import os
 import re
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
 from medops.config.sources import XnatSourceConfig
-from medops.data.sources.remote import PollResult, RemoteObject
+from medops.data.sources.remote import PollResult, RemoteObject, pack_cursor, unpack_cursor
 from medops.errors import ConfigError, DataError, DependencyMissingError, MedopsError
 
 log = logging.getLogger(__name__)
@@ -216,19 +213,11 @@ def _env(name: str | None, key: str) -> str | None:
 
 
 def _encode(seen: dict[str, str]) -> str:
-    raw = json.dumps(seen, separators=(",", ":"), sort_keys=True).encode()
-    return _CURSOR_PREFIX + base64.urlsafe_b64encode(zlib.compress(raw, 6)).decode()
+    return pack_cursor(_CURSOR_PREFIX, seen, sort_keys=True)
 
 
 def _decode(cursor: str | None, where: str) -> dict[str, str]:
     if not cursor:
         return {}
-    if not cursor.startswith(_CURSOR_PREFIX):
-        raise DataError(f"{where}: the stored cursor is not an XNAT cursor; fix: reset the "
-                        "source's cursor")
-    try:
-        data = json.loads(zlib.decompress(base64.urlsafe_b64decode(cursor[len(_CURSOR_PREFIX):])))
-        return {str(k): str(v) for k, v in data.items()}
-    except (ValueError, zlib.error, AttributeError) as exc:
-        raise DataError(f"{where}: the stored cursor is corrupt ({exc}); fix: reset the "
-                        "source's cursor") from exc
+    return unpack_cursor(cursor, _CURSOR_PREFIX, lambda d: {str(k): str(v) for k, v in d.items()},
+                         where, "an XNAT cursor", "fix: reset the source's cursor")
