@@ -119,7 +119,7 @@ def make_project(root: Path) -> None:
             state.finish_run(run_id, RunStatus.FAILED if failed else RunStatus.SUCCEEDED,
                              "step 'train' failed: out of memory" if failed else None)
             state.add_event(EventKind.DATA_ARRIVED, {"source": "bench", "new": i})
-        results = MonitorResults(state.engine)
+        results = MonitorResults(state.db)
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
         for hours in range(24):
             at = end - timedelta(hours=hours)
@@ -179,7 +179,7 @@ def add_viewer(root: Path) -> tuple[str, str]:
     project = Project.load(root)
     try:
         name, password = f"bench-viewer-{secrets.token_hex(3)}", secrets.token_urlsafe(18)
-        Authenticator(project.state.engine, audit=project.state.audit).add_user(
+        Authenticator(project.state.db, audit=project.state.audit).add_user(
             name, Role.VIEWER, password, by="bench/server_load.py")
     finally:
         project.close()

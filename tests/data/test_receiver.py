@@ -146,7 +146,7 @@ def _acknowledged(output: str) -> tuple[list[str], list[str]]:
 
 def _index(project: Path) -> tuple[StateStore, ReceivedIndex]:
     state = StateStore(f"sqlite:///{project / '.medops' / 'medops.db'}")
-    return state, ReceivedIndex(state.engine)
+    return state, ReceivedIndex(state.db)
 
 
 def _wait(condition: object, timeout: float, what: str) -> None:

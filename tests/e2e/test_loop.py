@@ -90,7 +90,7 @@ def _checks(root: Path, version: str) -> list[MonitorRecord]:
     """The monitor's verdicts on ``version`` (what its HTML reports and MLflow show)."""
     state = StateStore(f"sqlite:///{root / '.medops' / 'medops.db'}")
     try:
-        return [r for r in MonitorResults(state.engine).history(NAME, version)
+        return [r for r in MonitorResults(state.db).history(NAME, version)
                 if r.status != "insufficient"]
     finally:
         state.close()

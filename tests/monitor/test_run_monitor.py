@@ -62,7 +62,7 @@ def test_shifted_traffic_raises_one_event_per_window_and_a_report(
     assert text.count("src='data:image/png;base64,") >= 3  # histograms, embeddings, history
     assert "intensity:raw_mean" in text
 
-    rows = MonitorResults(ws.state.engine).history(monitored.model, monitored.version)
+    rows = MonitorResults(ws.state.db).history(monitored.model, monitored.version)
     row = next(r for r in rows if r.window_end == end)
     assert row.status == "drift" and row.drift and row.n_current == 80
     assert row.summary["group_min_p"]["intensity"] < 1e-6

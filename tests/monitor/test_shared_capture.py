@@ -55,7 +55,7 @@ def test_the_monitor_elsewhere_sees_served_traffic_and_shares_its_report(
     result = run_monitor(watching, window="2h", now=start + timedelta(hours=1))
     assert result.status is MonitorStatus.DRIFT and result.n_current == 80
     assert result.report is not None and result.report.is_relative_to(watching.artifacts)
-    row = next(r for r in MonitorResults(watching.state.engine).history(
+    row = next(r for r in MonitorResults(watching.state.db).history(
         monitored.model, monitored.version) if r.window_end == result.window_end)
     assert row.report == f"s3://{bucket}/retina/{result.report.relative_to(watching.artifacts)}"
 

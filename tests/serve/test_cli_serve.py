@@ -64,7 +64,7 @@ def test_serve_command_answers_and_stops_on_sigterm(served_project: Project) -> 
         # its shutdown wrote the minute's serving figures (medops.serve.stats)
         from medops.storage.serving import ServingStats
 
-        series = ServingStats(served_project.state.engine).series(
+        series = ServingStats(served_project.state.db).series(
             served_project.config.model_name, since=datetime.now(timezone.utc) - timedelta(5))
         assert sum(w.requests for w in series) >= 1
     finally:

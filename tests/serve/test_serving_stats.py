@@ -9,10 +9,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import create_engine
 
 from medops.project import Project
 from medops.serve.stats import ServingStatsCollector
+from medops.storage.engine import Database
 from medops.storage.serving import ServingStats, ServingWindow
 
 from .conftest import TOKEN, ServerThread, png_bytes, serve_config, wait_ready
@@ -28,9 +28,9 @@ def window(start: datetime, instance: str, requests: int, p99: float, version: s
 
 
 def test_store_replaces_a_rewritten_minute_and_merges_processes(state_url: str) -> None:
-    engine = create_engine(state_url)
+    db = Database(state_url)
     try:
-        store = ServingStats(engine)
+        store = ServingStats(db)
         minute = timedelta(minutes=1)
         store.record(window(T0, "a:1", 5, 40.0))
         store.record(window(T0, "a:1", 9, 50.0, errors_4xx=2),  # the full minute, later
@@ -53,7 +53,7 @@ def test_store_replaces_a_rewritten_minute_and_merges_processes(state_url: str) 
             [T0 + minute, T0 + 2 * minute]
         assert store.series("other", since=T0)[0].version is None
     finally:
-        engine.dispose()
+        db.close()
 
 
 class Clock:
@@ -65,8 +65,8 @@ class Clock:
 
 
 def test_collector_windows_percentiles_and_bounded_memory(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    store = ServingStats(engine)
+    db = Database(f"sqlite:///{tmp_path / 'state.db'}")
+    store = ServingStats(db)
     start = T0.timestamp()
     clock = Clock(start + 5)
     stats = ServingStatsCollector(store, "m", max_samples=1000, clock=clock, instance="t:1")
@@ -94,15 +94,15 @@ def test_collector_windows_percentiles_and_bounded_memory(tmp_path: Path) -> Non
     assert first.version == "3" and first.instance == "t:1"
     assert (second.requests, second.errors_5xx) == (3001, 1)
     assert second.p99_ms == pytest.approx(10.0)
-    engine.dispose()
+    db.close()
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[ServingStats]:
     """A store of its own (the project's state is shared with `medops serve` tests)."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'stats.db'}")
-    yield ServingStats(engine)
-    engine.dispose()
+    db = Database(f"sqlite:///{tmp_path / 'stats.db'}")
+    yield ServingStats(db)
+    db.close()
 
 
 def test_a_serving_process_writes_its_minutes_and_flushes_on_shutdown(

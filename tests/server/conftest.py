@@ -41,7 +41,7 @@ class Team:
 
     @property
     def authenticator(self) -> Authenticator:
-        return Authenticator(self.project.state.engine, audit=self.project.state.audit)
+        return Authenticator(self.project.state.db, audit=self.project.state.audit)
 
     @property
     def run_id(self) -> str:

@@ -147,7 +147,7 @@ def test_a_machine_token_signs_off_under_its_own_name(team: Team) -> None:
 def test_monitor_results(team: Team) -> None:
     model = team.new_model(1)
     end = datetime.now(timezone.utc).replace(microsecond=0)
-    MonitorResults(team.project.state.engine).record(MonitorRecord(
+    MonitorResults(team.project.state.db).record(MonitorRecord(
         model=model, version="1", window_start=end - timedelta(hours=24), window_end=end,
         status="drift", n_current=150, n_reference=400, drift=True, min_p_value=0.001,
         summary={"tests": {"mean_intensity": 0.001}}))
@@ -193,7 +193,7 @@ def test_the_last_admin_cannot_be_demoted_or_disabled(tmp_path: Path) -> None:
     Project.init(tmp_path / "p", name="admins")
     project = Project.load(tmp_path / "p")
     try:
-        auth = Authenticator(project.state.engine)
+        auth = Authenticator(project.state.db)
         auth.add_user("only-admin", Role.ADMIN, new_password(), by="tests")
         from medops.errors import ConfigError
 

@@ -112,7 +112,7 @@ def stack(trained_project: TrainedProject, tmp_path_factory: pytest.TempPathFact
     registry = trained_project.new_model(model, 2)
     state = trained_project.project.state
     ModelLifecycle(registry, state).approve("1", "test", "the first live version")
-    auth = Authenticator(state.engine)
+    auth = Authenticator(state.db)
     passwords, names = {}, {}
     for role in (Role.VIEWER, Role.APPROVER):
         names[role.value] = f"{role.value}-{tag}"

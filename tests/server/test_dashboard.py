@@ -45,7 +45,7 @@ def site(trained_project: TrainedProject) -> Iterator[Site]:
     tag = uuid.uuid4().hex[:6]
     model = f"dash-{tag}"
     trained_project.new_model(model, 2)
-    auth = Authenticator(project.state.engine)
+    auth = Authenticator(project.state.db)
     users, names = {}, {}
     for role in (Role.VIEWER, Role.APPROVER):
         names[role.value], users[role.value] = f"{role.value}-{tag}", secrets.token_urlsafe(16)
@@ -58,7 +58,7 @@ def site(trained_project: TrainedProject) -> Iterator[Site]:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text("<html><body><h1>drift report</h1></body></html>")
     end = datetime.now(timezone.utc)
-    results = MonitorResults(project.state.engine)
+    results = MonitorResults(project.state.db)
     for hours, p in ((2, 0.4), (1, 0.001)):
         results.record(MonitorRecord(
             model, "1", end - timedelta(hours=hours + 1), end - timedelta(hours=hours),
@@ -70,7 +70,7 @@ def site(trained_project: TrainedProject) -> Iterator[Site]:
     assert report_id is not None
     project.state.add_event(EventKind.DATA_ARRIVED, {"source": f"folder-{tag}", "new": 7})
     minute = end.replace(second=0, microsecond=0)
-    ServingStats(project.state.engine).record(*(
+    ServingStats(project.state.db).record(*(
         ServingWindow(model, "1", minute - timedelta(minutes=m), 120, 3, m % 2, 18.0, 40.0,
                       95.0 + m, 120.0, instance="test:1") for m in range(5)))
     app = create_app(project, ServerSettings())
@@ -205,7 +205,7 @@ def test_plots_model_card_and_reports_are_served_behind_the_login(site: Site,
     assert report.headers["content-security-policy"] == "sandbox"
     assert viewer.get("/monitor/reports/999999").status_code == 404
     # a row naming a file outside the project's artifacts does not make the server read it
-    outside = MonitorResults(trained_project.project.state.engine).record(MonitorRecord(
+    outside = MonitorResults(trained_project.project.state.db).record(MonitorRecord(
         site.model, "1", datetime(2026, 1, 1, tzinfo=timezone.utc),
         datetime(2026, 1, 2, tzinfo=timezone.utc), "ok", 150, report="/etc/hostname"))
     assert viewer.get(f"/monitor/reports/{outside}").status_code == 404

@@ -15,7 +15,7 @@ def _instance(sop: str) -> ReceivedInstance:
 
 def test_only_ingested_instances_are_due_and_purged_ones_stay_duplicates(
         store: StateStore) -> None:
-    index = ReceivedIndex(store.engine)
+    index = ReceivedIndex(store.db)
     for sop in ("a", "b", "c"):
         assert index.add(_instance(sop))
     index.mark("scanner", ["a", "b"], ReceivedStatus.INGESTED)  # c: its series not complete

@@ -188,3 +188,37 @@ def test_a_run_finishes_while_its_connections_keep_being_terminated(
     assert len(project.state.list_runs()) == 1
     assert [counts.get("ok") for counts in project.state.item_counts().values()] == [16]
     project.close()
+
+
+
+def test_the_tables_of_other_modules_retry_too(pg_url: str, admin: Connection) -> None:
+    """Logins, received DICOM instances and serving figures live in the same database: a
+    write of theirs cut off half-way runs again and commits once, as the state store's do."""
+    from datetime import datetime, timedelta, timezone
+
+    from medops.storage.received import ReceivedIndex, ReceivedInstance
+    from medops.storage.serving import ServingStats, ServingWindow
+    from medops.storage.users import UserStore
+
+    store = StateStore(pg_url)
+    users, received, serving = UserStore(store.db), ReceivedIndex(store.db), ServingStats(store.db)
+    now = datetime.now(timezone.utc)
+    users.add_user("dr-lee", "approver", "argon2-hash")
+
+    killed = _cut_off_first(store, admin, "INSERT INTO server_sessions")
+    users.add_session("session-hash", "dr-lee", now + timedelta(hours=1))
+    assert killed and users.session_user("session-hash") is not None
+
+    killed = _cut_off_first(store, admin, "INSERT INTO received_instances")
+    assert received.add(ReceivedInstance(source="scp", sop_hash="s1", series_hash="se",
+                                         study_hash="st", path="x.dcm", size=1,
+                                         calling_ae="PACS"))
+    assert killed and received.counts("scp") == {"received": 1}
+
+    killed = _cut_off_first(store, admin, "INSERT INTO serving_stats")
+    serving.record(ServingWindow(model="m", version="1", start=now, requests=7, errors_4xx=0,
+                                 errors_5xx=0, p50_ms=1.0, p95_ms=1.0, p99_ms=1.0, max_ms=1.0,
+                                 instance="a:1"))
+    assert killed
+    assert [w.requests for w in serving.series("m", since=now - timedelta(minutes=1))] == [7]
+    store.close()

@@ -85,14 +85,6 @@ def watched_branches(triggers: Sequence[Trigger], root: Path) -> list[WatchedBra
     return found
 
 
-def head_of(root: Path, repo: str, branch: str) -> str | None:
-    """The head of ``branch`` in ``repo`` (resolved against ``root``); None when unreadable."""
-    try:
-        return WatchedBranch(repo, local_path(root, repo, key="repo"), branch, 1.0).head()
-    except ConfigError:
-        return None
-
-
 class CodeWatch:
     """Stores a ``code.changed`` event whenever a watched branch head moves."""
 
@@ -195,4 +187,4 @@ def _git(folder: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-__all__ = ["CodeWatch", "WatchedBranch", "head_of", "watched_branches"]
+__all__ = ["CodeWatch", "WatchedBranch", "watched_branches"]

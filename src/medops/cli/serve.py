@@ -71,7 +71,7 @@ def _serving_stats(proj: Any) -> ServingStats | None:
     from medops.storage.serving import ServingStats
 
     try:
-        return ServingStats(proj.state.engine)
+        return ServingStats(proj.state.db)
     except StoreError as exc:
         err_console.print(f"[yellow]warning:[/yellow] serving figures are not recorded: "
                           f"{escape(str(exc))}", highlight=False)

@@ -75,7 +75,7 @@ def _authenticator(project: Path | None) -> Authenticator:
     from medops.server.auth import Authenticator
 
     proj = load_project(project)
-    return Authenticator(proj.state.engine, audit=proj.state.audit)
+    return Authenticator(proj.state.db, audit=proj.state.audit)
 
 
 def _password(from_stdin: bool, confirm: bool = True) -> str:

@@ -125,7 +125,7 @@ def run_monitor(ws: MonitorWorkspace, window: float | str | None = None,
     frame = CaptureStore.under(ws.artifact_sync).read(start, end)
     frame = frame[(frame["model_name"] == name) & (frame["model_version"] == version)]
     frame = frame.reset_index(drop=True)
-    results = MonitorResults(ws.state.engine)
+    results = MonitorResults(ws.state.db)
     if len(frame) < cfg.min_samples:
         out = MonitorResult(MonitorStatus.INSUFFICIENT, name, version, start, end,
                             n_current=len(frame),

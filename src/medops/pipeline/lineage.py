@@ -11,9 +11,7 @@ from typing import Any
 import medops
 from medops.config.agent import CodeChangedTrigger
 from medops.errors import ConfigError
-from medops.storage import EventKind, EventRecord, StateStore, local_path
-
-_CLAIMED_SCAN = 500  # newest events of a kind searched for a run's claims
+from medops.storage import EventKind, StateStore, local_path
 
 
 def git_commit(folder: Path) -> str:
@@ -58,7 +56,7 @@ def trigger_lineage(state: StateStore, run_id: str, triggers: Sequence[Any],
     branch's head when it registers. ``image_digest``/``image_repository``/``image_tag``: the
     pushed image behind the run."""
     out: dict[str, str] = {}
-    code = [e for e in _claimed(state, EventKind.CODE_CHANGED, run_id)
+    code = [e for e in state.events.events_of_run(run_id, EventKind.CODE_CHANGED)
             if not e.payload.get("baseline")]
     if code:
         p = code[0].payload
@@ -74,15 +72,10 @@ def trigger_lineage(state: StateStore, run_id: str, triggers: Sequence[Any],
             head = branch_head(folder, watched.branch) if folder is not None else None
             if head is not None:
                 out.update(code_commit=head, code_repo=watched.repo, code_branch=watched.branch)
-    image = _claimed(state, EventKind.IMAGE_PUSHED, run_id)
+    image = state.events.events_of_run(run_id, EventKind.IMAGE_PUSHED)
     if image:
         p = image[0].payload
         out.update({f"image_{k}": str(p[k]) for k in ("digest", "repository", "tag")
                     if p.get(k)})
     return out
 
-
-def _claimed(state: StateStore, kind: str, run_id: str) -> list[EventRecord]:
-    """Events of ``kind`` claimed by (or handled for) ``run_id``, newest first."""
-    return [e for e in state.event_log(kind, _CLAIMED_SCAN)
-            if e.decision is not None and e.decision.run_id == run_id]

@@ -44,7 +44,7 @@ def create_app(project: Project, settings: ServerSettings) -> FastAPI:
     from medops import __version__
 
     state = project.state  # opened here, once, before request threads race for it
-    authenticator = Authenticator(state.engine, session_hours=settings.session_hours,
+    authenticator = Authenticator(state.db, session_hours=settings.session_hours,
                                   audit=state.audit)
     first = authenticator.ensure_first_admin(os.environ.get(ADMIN_PASSWORD_ENV))
     if first is not None:

@@ -34,7 +34,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from fastapi import Request
-from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from medops.config.enums import StrEnum
@@ -45,6 +44,7 @@ from medops.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from medops.storage.engine import Database
 from medops.storage.users import TokenRecord, UserRecord, UserStore
 
 #: How long a login session lasts (a working day); log in again after it.
@@ -141,15 +141,15 @@ def check_password(password: str) -> str:
 
 
 class Authenticator:
-    """Users, machine tokens and sessions over the state engine."""
+    """Users, machine tokens and sessions in the state database."""
 
-    def __init__(self, engine: Engine, *, session_hours: float = SESSION_HOURS,
+    def __init__(self, db: Database, *, session_hours: float = SESSION_HOURS,
                  audit: AuditHook | None = None) -> None:
         try:
             from argon2 import PasswordHasher
         except ModuleNotFoundError as exc:
             raise DependencyMissingError("argon2-cffi", "server", "the team server") from exc
-        self.store = UserStore(engine)
+        self.store = UserStore(db)
         self.session_hours = session_hours
         self._hasher = PasswordHasher()
         self._audit = audit

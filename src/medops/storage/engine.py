@@ -32,7 +32,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session, sessionmaker
 
 from medops.errors import DependencyMissingError, StoreError
-from medops.storage.base import Base, aware_or_now, utcnow
+from medops.storage.base import aware_or_now, utcnow
 
 log = logging.getLogger("medops.storage")
 
@@ -122,7 +122,10 @@ class Database:
         deadline = time.monotonic() + self.retry.seconds
         while True:
             try:
-                Base.metadata.create_all(self.engine, tables=todo)
+                # tables of other modules (users, received instances) have metadata of their own
+                for metadata in {t.metadata for t in todo}:
+                    metadata.create_all(self.engine,
+                                        tables=[t for t in todo if t.metadata is metadata])
                 add_missing_columns(self.engine, todo)
                 break
             except DBAPIError as exc:

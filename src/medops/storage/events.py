@@ -163,6 +163,12 @@ class EventStore:
             lambda q: (q.where(_Event.kind == str(kind)) if kind else q).order_by(_Event.id.desc()),
             limit)
 
+    def events_of_run(self, run_id: str, kind: str, limit: int = 1000) -> list[EventRecord]:
+        """Events of ``kind`` claimed by (or handled for) run ``run_id``, newest first."""
+        return self._joined(
+            lambda q: q.where(_EventDecision.run_id == run_id, _Event.kind == str(kind))
+            .order_by(_Event.id.desc()), limit)
+
     @transactional("read events")
     def _joined(self, s: Session, shape: Shape, limit: int) -> list[EventRecord]:
         q = select(_Event, _EventDecision).outerjoin(

@@ -8,7 +8,6 @@ metrics: numbers and feature names only, never an identifier of an image.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,10 +23,9 @@ from sqlalchemy import (
     UniqueConstraint,
     select,
 )
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from medops.storage.session import table_sessions, transaction
+from medops.storage.engine import Database, transactional
 
 
 @dataclass
@@ -76,37 +74,36 @@ _FIELDS = ("window_start", "status", "n_current", "n_reference", "n_labelled", "
 
 
 class MonitorResults:
-    """Rows of ``monitor_results`` on ``engine`` (the state store's)."""
+    """Rows of ``monitor_results`` in the state database ``db``; every call is one
+    transaction, retried on a lost connection like the state store's."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._session = table_sessions(engine, _Base.metadata, "monitor_results")
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure(_Base.metadata.sorted_tables)
 
-    def _tx(self) -> AbstractContextManager[Session]:
-        return transaction(self._session, "monitor_results", integrity_passes=False)
-
-    def record(self, r: MonitorRecord) -> int:
+    @transactional("store a monitor result", integrity_passes=False)
+    def record(self, s: Session, r: MonitorRecord) -> int:
         """Store ``r`` (replacing the row of the same model, version and window end); its id."""
-        with self._tx() as s:
-            row = s.scalar(select(_Result).where(
-                _Result.model == r.model, _Result.version == r.version,
-                _Result.window_end == r.window_end))
-            if row is None:
-                row = _Result(model=r.model, version=r.version, window_end=r.window_end)
-                s.add(row)
-            for name in _FIELDS:
-                setattr(row, name, getattr(r, name))
-            row.created_at = datetime.now(timezone.utc)
-            s.flush()
-            return int(row.id)
+        row = s.scalar(select(_Result).where(
+            _Result.model == r.model, _Result.version == r.version,
+            _Result.window_end == r.window_end))
+        if row is None:
+            row = _Result(model=r.model, version=r.version, window_end=r.window_end)
+            s.add(row)
+        for name in _FIELDS:
+            setattr(row, name, getattr(r, name))
+        row.created_at = datetime.now(timezone.utc)
+        s.flush()
+        return int(row.id)
 
-    def history(self, model: str, version: str | None = None,
+    @transactional("read monitor results", integrity_passes=False)
+    def history(self, s: Session, model: str, version: str | None = None,
                 limit: int = 200) -> list[MonitorRecord]:
         """The latest ``limit`` checks of ``model`` (of one version), oldest first."""
         q = select(_Result).where(_Result.model == model)
         if version is not None:
             q = q.where(_Result.version == version)
-        with self._tx() as s:
-            rows = list(s.scalars(q.order_by(_Result.window_end.desc()).limit(limit)))
+        rows = list(s.scalars(q.order_by(_Result.window_end.desc()).limit(limit)))
         return [_record(r) for r in reversed(rows)]
 
 

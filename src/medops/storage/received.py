@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, func, select, update
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from medops.storage.session import table_sessions, transaction
+from medops.storage.engine import Database, transactional
 
 
 class ReceivedStatus(str, enum.Enum):
@@ -72,52 +70,56 @@ def _utcnow() -> datetime:
 
 
 class ReceivedIndex:
-    """Rows of ``received_instances`` on ``engine`` (the state store's)."""
+    """Rows of ``received_instances`` in the state database ``db``; every call is one
+    transaction, retried on a lost connection like the state store's."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._session = table_sessions(engine, _Base.metadata, "received_instances")
-
-    def _tx(self) -> AbstractContextManager[Session]:
-        return transaction(self._session, "received_instances")
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure(_Base.metadata.sorted_tables)
 
     def add(self, inst: ReceivedInstance) -> bool:
         """Index ``inst``; False when that SOP instance is already indexed (a duplicate)."""
         try:
-            with self._tx() as s:
-                s.add(_Received(source=inst.source, sop_hash=inst.sop_hash,
-                                series_hash=inst.series_hash, study_hash=inst.study_hash,
-                                path=inst.path, size=inst.size, calling_ae=inst.calling_ae,
-                                label=inst.label, status=inst.status.value,
-                                received_at=inst.received_at or _utcnow()))
+            self._add(inst)
         except IntegrityError:
             return False
         return True
 
-    def contains(self, source: str, sop_hash: str) -> bool:
-        with self._tx() as s:
-            return s.scalar(select(_Received.id).where(
-                _Received.source == source, _Received.sop_hash == sop_hash)) is not None
+    @transactional("index a received instance")
+    def _add(self, s: Session, inst: ReceivedInstance) -> None:
+        s.add(_Received(source=inst.source, sop_hash=inst.sop_hash,
+                        series_hash=inst.series_hash, study_hash=inst.study_hash,
+                        path=inst.path, size=inst.size, calling_ae=inst.calling_ae,
+                        label=inst.label, status=inst.status.value,
+                        received_at=inst.received_at or _utcnow()))
 
-    def paths(self, source: str) -> set[str]:
+    @transactional("look up a received instance")
+    def contains(self, s: Session, source: str, sop_hash: str) -> bool:
+        return s.scalar(select(_Received.id).where(
+            _Received.source == source, _Received.sop_hash == sop_hash)) is not None
+
+    @transactional("list received paths")
+    def paths(self, s: Session, source: str) -> set[str]:
         """Every indexed path of ``source`` (to find files on disk that are not indexed)."""
-        with self._tx() as s:
-            return set(s.scalars(select(_Received.path).where(_Received.source == source)))
+        return set(s.scalars(select(_Received.path).where(_Received.source == source)))
 
-    def pending(self, source: str, series_hash: str | None = None) -> list[ReceivedInstance]:
+    @transactional("list received instances")
+    def pending(self, s: Session, source: str,
+                series_hash: str | None = None) -> list[ReceivedInstance]:
         """Instances not yet ingested, in arrival order (of one series, or all)."""
         q = select(_Received).where(_Received.source == source,
                                     _Received.status == ReceivedStatus.RECEIVED.value)
         if series_hash is not None:
             q = q.where(_Received.series_hash == series_hash)
-        with self._tx() as s:
-            return [_record(r) for r in s.scalars(q.order_by(_Received.id))]
+        return [_record(r) for r in s.scalars(q.order_by(_Received.id))]
 
-    def instances(self, source: str) -> list[ReceivedInstance]:
-        with self._tx() as s:
-            q = select(_Received).where(_Received.source == source).order_by(_Received.id)
-            return [_record(r) for r in s.scalars(q)]
+    @transactional("list received instances")
+    def instances(self, s: Session, source: str) -> list[ReceivedInstance]:
+        q = select(_Received).where(_Received.source == source).order_by(_Received.id)
+        return [_record(r) for r in s.scalars(q)]
 
-    def ingested_before(self, source: str, cutoff: datetime,
+    @transactional("list received instances")
+    def ingested_before(self, s: Session, source: str, cutoff: datetime,
                         limit: int = 1000) -> list[ReceivedInstance]:
         """Ingested instances (files still kept) ingested at or before ``cutoff``, oldest first."""
         q = (select(_Received)
@@ -125,27 +127,27 @@ class ReceivedIndex:
                     _Received.status == ReceivedStatus.INGESTED.value,
                     _Received.ingested_at <= cutoff)
              .order_by(_Received.ingested_at, _Received.id).limit(limit))
-        with self._tx() as s:
-            return [_record(r) for r in s.scalars(q)]
+        return [_record(r) for r in s.scalars(q)]
 
-    def mark(self, source: str, sop_hashes: Iterable[str], status: ReceivedStatus) -> None:
+    @transactional("mark received instances")
+    def mark(self, s: Session, source: str, sop_hashes: Iterable[str],
+             status: ReceivedStatus) -> None:
         hashes = list(sop_hashes)
         values: dict[str, Any] = {"status": status.value}
         if status is ReceivedStatus.INGESTED:
             values["ingested_at"] = _utcnow()
-        with self._tx() as s:
-            for start in range(0, len(hashes), 500):  # keep IN (...) under SQLite's limits
-                s.execute(update(_Received).where(
-                    _Received.source == source,
-                    _Received.sop_hash.in_(hashes[start:start + 500]),
-                ).values(**values))
+        for start in range(0, len(hashes), 500):  # keep IN (...) under SQLite's limits
+            s.execute(update(_Received).where(
+                _Received.source == source,
+                _Received.sop_hash.in_(hashes[start:start + 500]),
+            ).values(**values))
 
-    def counts(self, source: str) -> dict[str, int]:
+    @transactional("count received instances")
+    def counts(self, s: Session, source: str) -> dict[str, int]:
         """{status: number of instances} for ``source``."""
-        with self._tx() as s:
-            rows = s.execute(select(_Received.status, func.count())
-                             .where(_Received.source == source)
-                             .group_by(_Received.status)).all()
+        rows = s.execute(select(_Received.status, func.count())
+                         .where(_Received.source == source)
+                         .group_by(_Received.status)).all()
         return {status: count for status, count in rows}
 
 

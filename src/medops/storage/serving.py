@@ -10,15 +10,13 @@ the minute ended, then the full minute) replaces the first. In the state databas
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import DateTime, Float, Integer, String, UniqueConstraint, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from medops.storage.session import table_sessions, transaction
+from medops.storage.engine import Database, transactional
 
 
 @dataclass(frozen=True)
@@ -76,31 +74,31 @@ _FIELDS = ("seconds", "requests", "errors_4xx", "errors_5xx", "p50_ms", "p95_ms"
 
 
 class ServingStats:
-    """Rows of ``serving_stats`` on ``engine`` (the state store's)."""
+    """Rows of ``serving_stats`` in the state database ``db``; every call is one
+    transaction, retried on a lost connection like the state store's."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._session = table_sessions(engine, _Base.metadata, "serving_stats")
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure(_Base.metadata.sorted_tables)
 
-    def _tx(self) -> AbstractContextManager[Session]:
-        return transaction(self._session, "serving_stats", integrity_passes=False)
-
-    def record(self, *windows: ServingWindow) -> None:
+    @transactional("store serving figures", integrity_passes=False)
+    def record(self, s: Session, *windows: ServingWindow) -> None:
         """Store ``windows`` in one transaction, each replacing its earlier row, if any."""
         now = datetime.now(timezone.utc)
-        with self._tx() as s:
-            for w in windows:
-                row = s.scalar(select(_Window).where(
-                    _Window.model == w.model, _Window.instance == w.instance,
-                    _Window.window_start == w.start, _Window.version == (w.version or "")))
-                if row is None:
-                    row = _Window(model=w.model, instance=w.instance, window_start=w.start,
-                                  version=w.version or "")
-                    s.add(row)
-                for name in _FIELDS:
-                    setattr(row, name, getattr(w, name))
-                row.written_at = now
+        for w in windows:
+            row = s.scalar(select(_Window).where(
+                _Window.model == w.model, _Window.instance == w.instance,
+                _Window.window_start == w.start, _Window.version == (w.version or "")))
+            if row is None:
+                row = _Window(model=w.model, instance=w.instance, window_start=w.start,
+                              version=w.version or "")
+                s.add(row)
+            for name in _FIELDS:
+                setattr(row, name, getattr(w, name))
+            row.written_at = now
 
-    def series(self, model: str, since: datetime,
+    @transactional("read serving figures", integrity_passes=False)
+    def series(self, s: Session, model: str, since: datetime,
                until: datetime | None = None) -> list[ServingWindow]:
         """``model``'s windows from ``since`` (until ``until``), oldest first, one a minute.
 
@@ -110,8 +108,7 @@ class ServingStats:
         q = select(_Window).where(_Window.model == model, _Window.window_start >= since)
         if until is not None:
             q = q.where(_Window.window_start < until)
-        with self._tx() as s:
-            rows = list(s.scalars(q.order_by(_Window.window_start, _Window.id)))
+        rows = list(s.scalars(q.order_by(_Window.window_start, _Window.id)))
         minutes: dict[datetime, list[_Window]] = defaultdict(list)
         for row in rows:
             minutes[_aware(row.window_start)].append(row)

@@ -10,18 +10,16 @@ both live in one PostgreSQL database.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Boolean, DateTime, ForeignKey, Integer, String, delete, func, select
-from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from medops.errors import ConfigError, NotFoundError
-from medops.storage.session import table_sessions, transaction
+from medops.storage.engine import Database, transactional
 
 
 @dataclass(frozen=True)
@@ -94,119 +92,122 @@ def _aware(dt: datetime) -> datetime:
 
 
 class UserStore:
-    """Users, machine tokens and login sessions on ``engine`` (the state store's)."""
+    """Users, machine tokens and login sessions in the state database ``db``; every call is
+    one transaction, retried on a lost connection like the state store's."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._session = table_sessions(engine, _Base.metadata, "server users")
-
-    def _tx(self) -> AbstractContextManager[Session]:
-        return transaction(self._session, "server users")
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure(_Base.metadata.sorted_tables)
 
     # -- users ----------------------------------------------------------------------------
     def add_user(self, name: str, role: str, password_hash: str) -> UserRecord:
-        now = _utcnow()
         try:
-            with self._tx() as s:
-                row = _User(name=name, role=role, password_hash=password_hash, disabled=False,
-                            created_at=now, updated_at=now)
-                s.add(row)
-                s.flush()
-                return _user(row)
+            return self._add_user(name, role, password_hash)
         except IntegrityError:
             raise ConfigError(f"user {name!r} exists already; change it with `medops server "
                               "users set-role` or pick another name") from None
 
-    def user(self, name: str) -> UserRecord | None:
-        with self._tx() as s:
-            row = s.get(_User, name)
-            return None if row is None else _user(row)
+    @transactional("add a user")
+    def _add_user(self, s: Session, name: str, role: str, password_hash: str) -> UserRecord:
+        now = _utcnow()
+        row = _User(name=name, role=role, password_hash=password_hash, disabled=False,
+                    created_at=now, updated_at=now)
+        s.add(row)
+        s.flush()
+        return _user(row)
 
-    def users(self) -> list[UserRecord]:
-        with self._tx() as s:
-            return [_user(r) for r in s.scalars(select(_User).order_by(_User.name))]
+    @transactional("read a user")
+    def user(self, s: Session, name: str) -> UserRecord | None:
+        row = s.get(_User, name)
+        return None if row is None else _user(row)
 
-    def count_users(self) -> int:
-        with self._tx() as s:
-            return int(s.scalar(select(func.count()).select_from(_User)) or 0)
+    @transactional("list users")
+    def users(self, s: Session) -> list[UserRecord]:
+        return [_user(r) for r in s.scalars(select(_User).order_by(_User.name))]
 
-    def update_user(self, name: str, **fields: Any) -> UserRecord:
+    @transactional("count users")
+    def count_users(self, s: Session) -> int:
+        return int(s.scalar(select(func.count()).select_from(_User)) or 0)
+
+    @transactional("change a user")
+    def update_user(self, s: Session, name: str, **fields: Any) -> UserRecord:
         """Change ``role``, ``password_hash`` or ``disabled``; a disabled user or a new
         password ends the user's sessions."""
-        with self._tx() as s:
-            row = s.get(_User, name)
-            if row is None:
-                raise NotFoundError(f"no user {name!r}; `medops server users ls` lists them")
-            for key, value in fields.items():
-                setattr(row, key, value)
-            row.updated_at = _utcnow()
-            if fields.get("disabled") or "password_hash" in fields:
-                s.execute(delete(_Session).where(_Session.user == name))
-            return _user(row)
+        row = s.get(_User, name)
+        if row is None:
+            raise NotFoundError(f"no user {name!r}; `medops server users ls` lists them")
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.updated_at = _utcnow()
+        if fields.get("disabled") or "password_hash" in fields:
+            s.execute(delete(_Session).where(_Session.user == name))
+        return _user(row)
 
     # -- machine tokens -------------------------------------------------------------------
-    def add_token(self, name: str, role: str, token_hash: str, created_by: str) -> TokenRecord:
-        with self._tx() as s:
-            taken = s.scalar(select(_Token.id).where(_Token.name == name,
-                                                     _Token.revoked_at.is_(None)))
-            if taken is not None:
-                raise ConfigError(f"an active token named {name!r} exists already; revoke it "
-                                  f"first (`medops server tokens revoke {name}`) or pick "
-                                  "another name")
-            row = _Token(name=name, role=role, token_hash=token_hash, created_by=created_by,
-                         created_at=_utcnow(), revoked_at=None)
-            s.add(row)
-            s.flush()
-            return _token(row)
+    @transactional("add a token")
+    def add_token(self, s: Session, name: str, role: str, token_hash: str,
+                  created_by: str) -> TokenRecord:
+        taken = s.scalar(select(_Token.id).where(_Token.name == name,
+                                                 _Token.revoked_at.is_(None)))
+        if taken is not None:
+            raise ConfigError(f"an active token named {name!r} exists already; revoke it "
+                              f"first (`medops server tokens revoke {name}`) or pick "
+                              "another name")
+        row = _Token(name=name, role=role, token_hash=token_hash, created_by=created_by,
+                     created_at=_utcnow(), revoked_at=None)
+        s.add(row)
+        s.flush()
+        return _token(row)
 
-    def token_by_hash(self, token_hash: str) -> TokenRecord | None:
+    @transactional("check a token")
+    def token_by_hash(self, s: Session, token_hash: str) -> TokenRecord | None:
         """The active token with this hash, or None."""
-        with self._tx() as s:
-            row = s.scalar(select(_Token).where(_Token.token_hash == token_hash,
-                                                _Token.revoked_at.is_(None)))
-            return None if row is None else _token(row)
+        row = s.scalar(select(_Token).where(_Token.token_hash == token_hash,
+                                            _Token.revoked_at.is_(None)))
+        return None if row is None else _token(row)
 
-    def tokens(self, include_revoked: bool = False) -> list[TokenRecord]:
+    @transactional("list tokens")
+    def tokens(self, s: Session, include_revoked: bool = False) -> list[TokenRecord]:
         q = select(_Token).order_by(_Token.id)
         if not include_revoked:
             q = q.where(_Token.revoked_at.is_(None))
-        with self._tx() as s:
-            return [_token(r) for r in s.scalars(q)]
+        return [_token(r) for r in s.scalars(q)]
 
-    def revoke_token(self, name: str) -> TokenRecord:
-        with self._tx() as s:
-            row = s.scalar(select(_Token).where(_Token.name == name,
-                                                _Token.revoked_at.is_(None)))
-            if row is None:
-                raise NotFoundError(f"no active token named {name!r}; `medops server tokens "
-                                    "ls` lists them")
-            row.revoked_at = _utcnow()
-            return _token(row)
+    @transactional("revoke a token")
+    def revoke_token(self, s: Session, name: str) -> TokenRecord:
+        row = s.scalar(select(_Token).where(_Token.name == name, _Token.revoked_at.is_(None)))
+        if row is None:
+            raise NotFoundError(f"no active token named {name!r}; `medops server tokens "
+                                "ls` lists them")
+        row.revoked_at = _utcnow()
+        return _token(row)
 
     # -- login sessions -------------------------------------------------------------------
-    def add_session(self, token_hash: str, user: str, expires_at: datetime) -> None:
+    @transactional("add a login session")
+    def add_session(self, s: Session, token_hash: str, user: str,
+                    expires_at: datetime) -> None:
         now = _utcnow()
-        with self._tx() as s:
-            # expired sessions go as new ones come, so the table stays small
-            s.execute(delete(_Session).where(_Session.expires_at < now))
-            s.add(_Session(token_hash=token_hash, user=user, created_at=now,
-                           expires_at=expires_at))
+        # expired sessions go as new ones come, so the table stays small
+        s.execute(delete(_Session).where(_Session.expires_at < now))
+        s.add(_Session(token_hash=token_hash, user=user, created_at=now,
+                       expires_at=expires_at))
 
-    def session_user(self, token_hash: str) -> UserRecord | None:
+    @transactional("check a login session")
+    def session_user(self, s: Session, token_hash: str) -> UserRecord | None:
         """The enabled user of an unexpired session with this hash, or None."""
-        with self._tx() as s:
-            row = s.execute(select(_User, _Session.expires_at)
-                            .join(_Session, _Session.user == _User.name)
-                            .where(_Session.token_hash == token_hash)).first()
-            if row is None:
-                return None
-            user, expires_at = row
-            if user.disabled or _aware(expires_at) <= _utcnow():
-                return None
-            return _user(user)
+        row = s.execute(select(_User, _Session.expires_at)
+                        .join(_Session, _Session.user == _User.name)
+                        .where(_Session.token_hash == token_hash)).first()
+        if row is None:
+            return None
+        user, expires_at = row
+        if user.disabled or _aware(expires_at) <= _utcnow():
+            return None
+        return _user(user)
 
-    def delete_session(self, token_hash: str) -> None:
-        with self._tx() as s:
-            s.execute(delete(_Session).where(_Session.token_hash == token_hash))
+    @transactional("end a login session")
+    def delete_session(self, s: Session, token_hash: str) -> None:
+        s.execute(delete(_Session).where(_Session.token_hash == token_hash))
 
 
 def _user(r: _User) -> UserRecord:

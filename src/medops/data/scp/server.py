@@ -83,7 +83,7 @@ class Receiver:
         self.name = name
         self.cfg = cfg
         self.store = InstanceStore(storage, cfg.min_free_mb)
-        self.index = ReceivedIndex(state.engine)
+        self.index = ReceivedIndex(state.db)
         self.state = state
         self.tracker = SeriesTracker(cfg.quiet_seconds)
         self.ingester = SeriesIngester(name, self.store, self.index, ingest)

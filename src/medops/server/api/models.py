@@ -146,7 +146,7 @@ def monitor_to_dict(r: MonitorRecord) -> dict[str, Any]:
 def build(project: Project) -> APIRouter:
     router = APIRouter(tags=["models"])
     lifecycles = _Lifecycles(project)
-    monitor = MonitorResults(project.state.engine)
+    monitor = MonitorResults(project.state.db)
 
     def one(name: str, version: str) -> VersionStatus:
         found = next((v for v in lifecycles.versions(name) if v.info.version == version), None)

@@ -200,11 +200,11 @@ class Dashboard:
 
     @cached_property
     def monitor_results(self) -> MonitorResults:
-        return MonitorResults(self.project.state.engine)
+        return MonitorResults(self.project.state.db)
 
     @cached_property
     def serving_stats(self) -> ServingStats:
-        return ServingStats(self.project.state.engine)
+        return ServingStats(self.project.state.db)
 
     @property
     def mlflow_url(self) -> str | None:
