@@ -34,10 +34,7 @@ import os
 import random
 import secrets
 import shutil
-import signal
-import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +45,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from serve_bench import free_port, start, stop
 
 MEDOPS = str(Path(sys.executable).parent / "medops")
 GOAL_P99_MS = 500.0
@@ -133,42 +132,10 @@ def make_project(root: Path) -> None:
 
 
 # -- the server ---------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(root: Path, port: int, workers: int) -> Any:
-    fd, log = tempfile.mkstemp(prefix="server-load-", suffix=".log")
-    env = dict(os.environ)
-    proc = subprocess.Popen([MEDOPS, "server", "-C", str(root), "--port", str(port),
-                             "--workers", str(workers), "--log-level", "warning"],
-                            env=env, stdout=fd, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    os.close(fd)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"medops server exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    stop(proc)
-    raise SystemExit(f"medops server not ready after 180 s; see {log}")
-
-
-def stop(proc: Any) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    return start([MEDOPS, "server", "-C", str(root), "--port", str(port), "--workers",
+                  str(workers), "--log-level", "warning"], dict(os.environ),
+                 f"http://127.0.0.1:{port}/api/health", timeout=180)
 
 
 def add_viewer(root: Path) -> tuple[str, str]:

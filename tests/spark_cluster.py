@@ -47,6 +47,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers.processes import stop_group
+
 REPO = Path(__file__).resolve().parents[1]
 WORKER_CORES = 2
 DRIVER_CONF = {"spark.cores.max": str(WORKER_CORES), "spark.executor.memory": "512m"}
@@ -149,15 +151,7 @@ def _wait_until(process: subprocess.Popen[bytes], log: Path, ready: Callable[[],
 
 def _stop(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     """Signal the process group (the JVM and anything it started), then KILL if needed."""
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+    stop_group(process, sig)
     with contextlib.suppress(ProcessLookupError):  # children left after the JVM exited
         os.killpg(process.pid, signal.SIGKILL)
 

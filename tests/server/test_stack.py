@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import ssl
 import stat
 import subprocess
@@ -34,6 +33,7 @@ from medops.server.stack import SECRETS, StackOptions, StackReport, Upstreams, i
 from medops.server.stack.envfile import read_env
 from tests.servers.mlflow import MlflowServer, MotoS3, free_port, moto_s3, running_mlflow
 from tests.servers.nginx import NginxProcess, running_nginx
+from tests.servers.processes import stop_group
 
 DOMAIN = "127.0.0.1"
 SERVICES = {"postgres", "minio", "minio-init", "mlflow", "mlflow-users", "medops-server",
@@ -356,13 +356,7 @@ class _MedopsServer:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_group(self.process, timeout=30)
 
 
 def _start_medops_server(root: Path, port: int) -> _MedopsServer:

@@ -39,6 +39,7 @@ import httpx
 import pytest
 
 from tests.servers.moto import moto_endpoint
+from tests.servers.processes import stop_group
 
 ADMIN = "admin"
 BUCKET = "mlflow"
@@ -161,14 +162,7 @@ class MlflowServer:
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(proc)
         self._reap_group(proc.pid)
 
     def kill(self) -> None:

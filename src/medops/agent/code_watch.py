@@ -33,7 +33,6 @@ from medops.storage import EventKind, StateStore, local_path
 log = logging.getLogger(__name__)
 
 _GIT_TIMEOUT = 10.0  # seconds; a repository on a hung network share must not stall the feed
-_NEWEST = 2**31 - 1  # above any event id (the id column is a 32-bit integer on PostgreSQL)
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class CodeWatch:
         if head is None:
             self._seen[b] = None
             return
-        stored = self.state.keyed_events(b.series, _NEWEST)
+        stored = self.state.keyed_events(b.series)
         last = stored[-1].payload.get("commit") if stored else None
         if last is None:
             self._store(b, head, None, baseline=True)

@@ -51,7 +51,6 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAX_POLLS = 100_000  # a source that always says "more" without moving is a bug, not data
-_ANY_EVENT = 2**31 - 1  # the largest event id (an INTEGER column): keyed_events over all
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def _ingest_each(source: RemoteSource, objects: list[RemoteObject], state: State
     report = IngestReport(source=source.name)
     for obj in objects:
         key = _key(source.name, "object", f"{obj.key}\0{obj.version}")
-        if state.keyed_events(key, _ANY_EVENT):
+        if state.keyed_events(key):
             report.duplicates += 1
             continue
         batch, items = _fetch_object(source, obj, landing_dir, settings)

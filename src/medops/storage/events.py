@@ -88,14 +88,14 @@ class EventStore:
                            idempotency_key=idempotency_key, id=row.id)
 
     @transactional("read events")
-    def keyed_events(self, s: Session, key_prefix: str, up_to_id: int) -> list[EventRecord]:
+    def keyed_events(self, s: Session, key_prefix: str,
+                     up_to_id: int | None = None) -> list[EventRecord]:
         """Events whose idempotency key starts with ``key_prefix`` (one series, such as one
-        model version's drift), with ids up to ``up_to_id``, oldest first."""
-        q = (select(_Event)
-             .where(_Event.idempotency_key.startswith(key_prefix, autoescape=True),
-                    _Event.id <= up_to_id)
-             .order_by(_Event.id))
-        return [_event_record(e) for e in s.scalars(q)]
+        model version's drift), with ids up to ``up_to_id`` (all: None), oldest first."""
+        q = select(_Event).where(_Event.idempotency_key.startswith(key_prefix, autoescape=True))
+        if up_to_id is not None:
+            q = q.where(_Event.id <= up_to_id)
+        return [_event_record(e) for e in s.scalars(q.order_by(_Event.id))]
 
     # -- decisions (the agent's processing state; see medops.agent) -----------------------
     @transactional("record decision")

@@ -79,27 +79,23 @@ class S3ArtifactStore(ArtifactStore):
             self._client.upload_file(str(local), self.bucket, self._key(key))
 
     def _get(self, key: str, local: Path) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
-                raise FileNotFoundError(key) from exc
-            raise
+        body = self._object_body(key)  # before the file: a missing key leaves no empty file
         with local.open("wb") as out:
-            shutil.copyfileobj(answer["Body"], out, _CHUNK)
+            shutil.copyfileobj(body, out, _CHUNK)
 
     def _read(self, key: str) -> bytes:
+        return bytes(self._object_body(key).read())
+
+    def _object_body(self, key: str) -> Any:
+        """The streaming body of object ``key``; FileNotFoundError when there is none."""
         from botocore.exceptions import ClientError
 
         try:
-            answer = self._client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 raise FileNotFoundError(key) from exc
             raise
-        return bytes(answer["Body"].read())
 
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -145,7 +145,7 @@ class StateStore:
                   idempotency_key: str | None = None) -> EventRecord | None:
         return self.events.add_event(kind, payload, idempotency_key)
 
-    def keyed_events(self, key_prefix: str, up_to_id: int) -> list[EventRecord]:
+    def keyed_events(self, key_prefix: str, up_to_id: int | None = None) -> list[EventRecord]:
         return self.events.keyed_events(key_prefix, up_to_id)
 
     def decide_event(self, event_id: int, status: DecisionStatus, decision: str, reason: str,
